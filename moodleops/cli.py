@@ -1,0 +1,101 @@
+"""The `moodleops` command: `moodleops [--inventory ENV] <area> <command> [options]`.
+
+Each area (inventory, platform, storage, ...) lives in its own module that
+exposes `register(areas)`: it adds one parser to `areas` (see `add_area`) and,
+for each command, a sub-parser with `set_defaults(run=function)`, where
+`function(args) -> int` returns the exit status. Adding an area is one line in
+AREAS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Sequence
+
+from moodleops.inventory.errors import InventoryError
+
+AREAS: tuple[str, ...] = (
+    "moodleops.inventory.cli",
+    "moodleops.platform.cli",
+)
+
+DESCRIPTION = """\
+Operations toolkit for the UT paramedical-schools Moodle 4.1 platform.
+
+Every command reads the inventory: the shared facts in inventory/*.yml
+(agreement, schools, Moodle pins) plus one environment directory,
+inventory/<ENV>/ (Ansible hosts.yml and group_vars). Nothing is hard-coded:
+to change a school, a threshold or a plugin version, edit the inventory and
+run `moodleops inventory check`.
+"""
+
+EPILOG = """\
+environment:
+  MOODLEOPS_INVENTORY   default for --inventory (otherwise: local)
+
+exit status:
+  0  success
+  1  the command ran and found problems
+  2  usage error, or the inventory is invalid (one line on stderr:
+     "moodleops: error: <file>: <key>: <value> is not valid (<allowed>)")
+
+examples:
+  moodleops inventory check
+  moodleops --inventory production inventory show --format json
+  moodleops <area> --help
+"""
+
+
+def add_area(areas: argparse._SubParsersAction, name: str, *, summary: str, description: str,
+             epilog: str) -> argparse._SubParsersAction:
+    """Add area `name` with man-page style help; returns the sub-parsers for its commands."""
+    parser = areas.add_parser(name, help=summary, description=description, epilog=epilog,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    return parser.add_subparsers(dest="command", metavar="<command>", title="commands", required=True)
+
+
+def add_command(commands: argparse._SubParsersAction, name: str, *, summary: str, description: str,
+                epilog: str) -> argparse.ArgumentParser:
+    """Add one command with man-page style help; the caller adds options and `run`."""
+    return commands.add_parser(name, help=summary, description=description, epilog=epilog,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="moodleops", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-i", "--inventory", metavar="ENV",
+                        default=os.environ.get("MOODLEOPS_INVENTORY", "local"),
+                        help="environment: a directory name under inventory/ (local, production) "
+                             "or a path to one (default: %(default)s)")
+    areas = parser.add_subparsers(dest="area", metavar="<area>", title="areas", required=True)
+    for module in AREAS:
+        importlib.import_module(module).register(areas)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        # --help and usage errors: argparse has already printed; callers get a status, not an exit.
+        return exc.code if isinstance(exc.code, int) else 2
+    try:
+        return int(args.run(args))
+    except InventoryError as exc:
+        # An invalid inventory is an operator's fix, not a bug: one line, no traceback.
+        print(f"moodleops: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        # `moodleops ... | head` closed stdout early: not an error of ours. Point stdout
+        # at /dev/null so the interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

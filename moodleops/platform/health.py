@@ -1,0 +1,90 @@
+"""The health summary: what Moodle itself says it runs, compared with the pins,
+plus a real HTTP login. Printed by `platform up` and `platform status`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import requests
+
+from moodleops.inventory import Inventory
+from moodleops.moodle import MoodleCLI, MoodleError
+from moodleops.site import Site, SiteError, platform_vars
+from moodleops.webclient import LoginFailed, login
+
+
+@dataclass
+class Health:
+    lines: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def render(self) -> str:
+        out = list(self.lines)
+        out += [f"  WARNING  {w}" for w in self.warnings]
+        out += [f"  PROBLEM  {p}" for p in self.problems]
+        out.append("  Verdict  " + ("OK" if self.ok else f"{len(self.problems)} problem(s)"))
+        return "\n".join(out)
+
+
+def _same_version(installed: str | None, pinned: Decimal) -> bool:
+    return installed is not None and Decimal(installed) == pinned
+
+
+def check_health(inv: Inventory, site: Site) -> Health:
+    h = Health()
+    h.lines.append(f"Moodle platform '{inv.env}' at {site.wwwroot}")
+    try:
+        settings = [s for p in inv.plugins for s in p.secrets]
+        probe: dict[str, Any] = MoodleCLI(site).probe(*settings)
+    except (MoodleError, OSError) as exc:
+        h.problems.append(f"cannot read the site through Moodle: {exc}")
+        return h
+    if not probe.get("installed"):
+        h.problems.append("Moodle is not installed")
+        return h
+    core_ok = _same_version(probe["version"], inv.core.version)
+    h.lines.append(f"  Moodle   {probe['release']} (version {probe['version']}; pinned {inv.core.version_text})"
+                   f"  {'OK' if core_ok else 'MISMATCH'}")
+    if not core_ok:
+        h.problems.append(f"core version {probe['version']} is not the pinned {inv.core.version_text}")
+    override = platform_vars(inv).get("moodle_allow_unsupported_php")
+    h.lines.append(f"  PHP      {probe['php']}" + ("  (unsupported-PHP override ON: test stack only)"
+                                                     if override is True else ""))
+    if probe.get("needs_upgrade"):
+        h.problems.append("Moodle reports a pending upgrade")
+
+    installed = probe.get("plugins", {})
+    settings_set: dict[str, bool] = probe.get("settings_set", {})
+    at_pin = 0
+    h.lines.append(f"  Plugins  (versions as Moodle's database records them)")
+    for pin in inv.plugins:
+        got = installed.get(pin.component, {}).get("db")
+        ok = _same_version(got, pin.version)
+        at_pin += ok
+        missing_keys = [s for s in pin.secrets if not settings_set.get(s)]
+        note = f"  unconfigured: no API key ({', '.join(missing_keys)})" if missing_keys else ""
+        h.lines.append(f"    {pin.component:<30} {got or 'not installed':<16} {'OK' if ok else 'MISMATCH'}{note}")
+        if not ok:
+            h.problems.append(f"{pin.component}: installed {got or 'nothing'}, pinned {pin.version_text}")
+        if missing_keys:
+            h.warnings.append(f"{pin.component} installed but unconfigured: no API key")
+    h.lines.append(f"  Plugins  {at_pin}/{len(inv.plugins)} at their pinned version")
+    h.lines.append(f"  Maintenance {'ON' if probe.get('maintenance_cli') or probe.get('maintenance_enabled') else 'off'}"
+                   f"; cron {'enabled' if probe.get('cron_enabled') else 'DISABLED'}")
+    if not probe.get("cron_enabled"):
+        h.warnings.append("cron is disabled in Moodle")
+
+    try:
+        session = login(site.wwwroot, str(platform_vars(inv).get("moodle_admin_user", "admin")),
+                        site.secret("admin_password"))
+        h.lines.append(f"  HTTP     login as admin OK (session alive: {session.is_logged_in()})")
+    except (LoginFailed, SiteError, requests.RequestException) as exc:
+        h.problems.append(f"HTTP login failed: {exc}")
+    return h
