@@ -38,19 +38,22 @@ class MoodleCLI:
         """Run a Moodle CLI script (path relative to the Moodle root, e.g.
         admin/cli/maintenance.php) as the web user."""
         argv = self._as_web_user([self.site.php, str(self.site.current_link / script), *args])
-        proc = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=timeout, check=False)
         if check and proc.returncode != 0:
             raise MoodleError(f"{script} {' '.join(args)} exited {proc.returncode}: "
                               f"{(proc.stderr or proc.stdout).strip()[-2000:]}")
         return proc
 
     def tool(self, name: str, *args: str, payload: Any = None, timeout: float = 900) -> Any:
-        """Run moodleops helper <lib_dir>/php/<name>.php with config.php as
-        first argument and `payload` as JSON on stdin; return its JSON answer."""
-        script = str(self.site.lib_dir / "php" / f"{name}.php")
+        """Run a moodleops PHP helper with config.php as first argument and
+        `payload` as JSON on stdin; return its JSON answer (the last line
+        starting with MOODLEOPS-JSON:). `name` is a helper installed by the
+        playbooks (<lib_dir>/php/<name>.php) or a path to any PHP file the
+        web user can read (test fixtures)."""
+        script = name if "/" in name else str(self.site.lib_dir / "php" / f"{name}.php")
         argv = self._as_web_user([self.site.php, script, str(self.site.config_php), *args])
         stdin = json.dumps(payload) if payload is not None else None
-        proc = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=timeout, check=False)
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(JSON_MARKER)]
         if proc.returncode != 0 or not lines:
             detail = (proc.stderr.strip() or proc.stdout.strip())[-2000:]

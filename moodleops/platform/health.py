@@ -63,7 +63,7 @@ def check_health(inv: Inventory, site: Site) -> Health:
     installed = probe.get("plugins", {})
     settings_set: dict[str, bool] = probe.get("settings_set", {})
     at_pin = 0
-    h.lines.append(f"  Plugins  (versions as Moodle's database records them)")
+    h.lines.append("  Plugins  (versions as Moodle's database records them)")
     for pin in inv.plugins:
         got = installed.get(pin.component, {}).get("db")
         ok = _same_version(got, pin.version)
