@@ -83,9 +83,9 @@ class Site:
 
 def site_of(inv: Inventory) -> Site:
     v = platform_vars(inv)
-    secrets_dir = os.environ.get("MOODLEOPS_SECRETS_DIR") or (
-        str(inv.env_dir / ".secrets") if (inv.env_dir / ".secrets").is_dir() or inv.is_loopback_only else ""
-    )
+    # Test stacks keep generated secrets on the machine (moodleops_local_secrets_dir);
+    # production has none on disk: vault for Ansible, MOODLEOPS_<NAME> for Python.
+    secrets_dir = os.environ.get("MOODLEOPS_SECRETS_DIR") or str(v.get("moodleops_local_secrets_dir") or "")
     return Site(
         env=inv.env,
         wwwroot=str(v["moodle_wwwroot"]).rstrip("/"),

@@ -1,5 +1,6 @@
-"""Secrets of a test stack, generated on first use and kept out of git
-(inventory/<env>/.secrets/, mode 0600). Production secrets come from vault."""
+"""Secrets of a test stack, generated on first use into a directory of the
+machine (moodleops_local_secrets_dir, mode 0600), never into git. Production
+secrets come from vault (Ansible) or the environment (Python)."""
 
 from __future__ import annotations
 
