@@ -20,6 +20,10 @@ from moodleops.inventory.errors import InventoryError
 AREAS: tuple[str, ...] = (
     "moodleops.inventory.cli",
     "moodleops.platform.cli",
+    "moodleops.loadtests.cli",
+    "moodleops.capacity.cli",
+    "moodleops.incident.cli",
+    "moodleops.exporters.storage_cli",
 )
 
 DESCRIPTION = """\

@@ -3,14 +3,7 @@
 // the health check:  php probe.php /srv/moodle/current/config.php
 // Prints one line "MOODLEOPS-JSON: {...}". Versions come from Moodle's own
 // database (what is installed), next to what is on disk (what is deployed).
-define('CLI_SCRIPT', true);
-define('NO_OUTPUT_BUFFERING', true);
-
-if ($argc < 2 || !is_file($argv[1])) {
-    fwrite(STDERR, "usage: php probe.php /path/to/moodle/config.php\n");
-    exit(2);
-}
-require($argv[1]);
+require(__DIR__ . '/_bootstrap.php');
 require_once($CFG->libdir . '/adminlib.php');
 
 $out = [
@@ -33,7 +26,8 @@ if ($out['installed']) {
     // Unset means enabled; `cron.php --disable` stores 0.
     $out['cron_enabled'] = get_config('core', 'cron_enabled') !== '0';
     $plugins = [];
-    foreach (core_plugin_manager::instance()->get_plugins() as $type => $list) {
+    $manager = core_plugin_manager::instance();
+    foreach ($manager->get_plugins() as $type => $list) {
         foreach ($list as $name => $info) {
             if ($info->is_standard()) {
                 continue;
@@ -42,6 +36,8 @@ if ($out['installed']) {
                 'db' => $info->versiondb === null ? null : (string)$info->versiondb,
                 'disk' => $info->versiondisk === null ? null : (string)$info->versiondisk,
                 'release' => $info->release,
+                // Subplugins (e.g. hotpotattempt_*) ship inside their parent.
+                'parent' => $manager->get_parent_of_subplugin($type) ?: null,
             ];
         }
     }
@@ -56,4 +52,4 @@ if ($out['installed']) {
     }
     $out['settings_set'] = $settings;
 }
-echo 'MOODLEOPS-JSON: ' . json_encode($out) . "\n";
+moodleops_reply($out);

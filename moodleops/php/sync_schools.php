@@ -4,23 +4,17 @@
 // cohort_idnumber) in that category. Creates what is missing, never renames or
 // deletes: a school's own edits to names are reported, not overwritten.
 //   php sync_schools.php /srv/moodle/current/config.php [--dry-run] < schools.json
-// stdin: {"schools": [{"code", "name", "category_idnumber", ["cohort_idnumber"]}, ...]}
-define('CLI_SCRIPT', true);
-
-if ($argc < 2 || !is_file($argv[1])) {
-    fwrite(STDERR, "usage: php sync_schools.php /path/to/config.php [--dry-run] < schools.json\n");
-    exit(2);
-}
-require($argv[1]);
+// stdin: {"schools": [{"code", "name", "category_idnumber", ["cohort_idnumber"]}, ...],
+//         "account_type_field": "ut_accounttype", "account_types": ["student", "trainer", ...]}
+// Also ensures the custom profile field that tells hosted accounts (expire on
+// 31 August) from students, as a menu of the inventory's account types.
+require(__DIR__ . '/_bootstrap.php');
 require_once($CFG->dirroot . '/cohort/lib.php');
 require_once($CFG->dirroot . '/course/lib.php');
+require_once($CFG->dirroot . '/user/profile/definelib.php');
 
 $dryrun = in_array('--dry-run', $argv, true);
-$input = json_decode(stream_get_contents(STDIN), true);
-if (!is_array($input) || !isset($input['schools']) || !is_array($input['schools'])) {
-    fwrite(STDERR, "stdin must be JSON {\"schools\": [...]}\n");
-    exit(2);
-}
+$input = moodleops_request('schools');
 \core\session\manager::set_user(get_admin());
 
 $changes = [];
@@ -60,4 +54,30 @@ foreach ($input['schools'] as $school) {
         }
     }
 }
-echo 'MOODLEOPS-JSON: ' . json_encode(['changes' => $changes, 'notes' => $notes, 'dry_run' => $dryrun]) . "\n";
+if (!empty($input['account_type_field'])) {
+    $shortname = $input['account_type_field'];
+    $field = $DB->get_record('user_info_field', ['shortname' => $shortname]);
+    if (!$field) {
+        $changes[] = ['create' => 'profile_field', 'shortname' => $shortname];
+        if (!$dryrun) {
+            $catid = $DB->get_field('user_info_category', 'id', ['name' => 'UT'], IGNORE_MULTIPLE);
+            if (!$catid) {
+                $category = (object)['name' => 'UT'];
+                profile_save_category($category);
+                $catid = $category->id;
+            }
+            profile_save_field((object)[
+                'datatype' => 'menu', 'shortname' => $shortname, 'name' => 'Type de compte UT',
+                'categoryid' => $catid, 'description' => ['text' => '', 'format' => FORMAT_HTML],
+                'defaultdata' => '', 'required' => 0, 'locked' => 1, 'visible' => 0, 'forceunique' => 0,
+                'signup' => 0, 'param1' => implode("\n", $input['account_types']),
+            ], []);
+        }
+    } else if ($field->datatype === 'menu') {
+        $missing = array_diff($input['account_types'], explode("\n", $field->param1));
+        if ($missing) {
+            $notes[] = "profile field $shortname lacks the account types: " . implode(', ', $missing);
+        }
+    }
+}
+moodleops_reply(['changes' => $changes, 'notes' => $notes, 'dry_run' => $dryrun]);

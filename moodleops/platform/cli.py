@@ -9,7 +9,7 @@ from pathlib import Path
 
 from moodleops import REPO_ROOT
 from moodleops.cli import add_area, add_command
-from moodleops.inventory import check_mirror, load_inventory
+from moodleops.inventory import Inventory, check_mirror, load_inventory
 from moodleops.platform.ansible import run_playbook
 from moodleops.platform.health import check_health
 from moodleops.platform.secrets import ensure_local_secrets
@@ -20,6 +20,17 @@ def mirror_dir() -> Path:
     """The offline artifact mirror: $MOODLEOPS_ARTIFACTS, else ../shared/artifacts
     beside the checkout (the same default as inventory/local/group_vars)."""
     return Path(os.environ.get("MOODLEOPS_ARTIFACTS") or REPO_ROOT.parent / "shared" / "artifacts")
+
+
+def _mirror_ready(inv: Inventory) -> bool:
+    """When the inventory installs from the mirror, every pinned archive must be
+    there with its pinned sha256 before any host is touched."""
+    if platform_vars(inv).get("moodle_artifact_source") != "mirror":
+        return True
+    problems = [p for p in check_mirror(inv, mirror_dir()) if not p.startswith("note:")]
+    for problem in problems:
+        print(f"moodleops: error: {problem}")
+    return not problems
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -33,12 +44,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         created = ensure_local_secrets(site.secrets_dir)
         if created:
             print(f"generated secrets {', '.join(created)} in {site.secrets_dir}")
-    if platform_vars(inv).get("moodle_artifact_source") == "mirror":
-        problems = [p for p in check_mirror(inv, mirror_dir()) if not p.startswith("note:")]
-        if problems:
-            for p in problems:
-                print(f"moodleops: error: {p}")
-            return 1
+    if not _mirror_ready(inv):
+        return 1
     extra = ["--check", "--diff"] if args.check else []
     result = run_playbook(inv, "site.yml", extra + (["--tags", args.tags] if args.tags else []))
     if not result.ok:
@@ -56,6 +63,42 @@ def cmd_status(args: argparse.Namespace) -> int:
     health = check_health(inv, site_of(inv))
     print(health.render())
     return 0 if health.ok else 1
+
+
+def cmd_upgrade(args: argparse.Namespace) -> int:
+    inv = load_inventory(args.inventory)
+    if not _mirror_ready(inv):
+        return 1
+    extra = ["-e", f"moodle_upgrade_operator={args.operator}"] if args.operator else []
+    if args.delay:
+        extra += ["-e", f"moodle_upgrade_maintenance_delay_minutes={args.delay}"]
+    if not args.apply:
+        print("dry run: pre-flight and what would change (add --apply to upgrade)")
+        extra.append("--check")
+    started = time.monotonic()
+    result = run_playbook(inv, "upgrade.yml", extra)
+    took = time.monotonic() - started
+    if not result.ok:
+        print(f"moodleops: error: upgrade failed after {took:.0f} s; the output above says where "
+              "and whether it was rolled back")
+        return 1
+    print(f"upgrade {'done' if args.apply else 'dry run done'} in {took:.0f} s")
+    return cmd_status(args) if args.apply else 0
+
+
+def cmd_maintenance(args: argparse.Namespace) -> int:
+    from moodleops.moodle import MoodleCLI
+    inv = load_inventory(args.inventory)
+    moodle = MoodleCLI(site_of(inv))
+    if args.state == "on":
+        if args.message:
+            moodle.run("admin/cli/cfg.php", "--name=maintenance_message", f"--set={args.message}")
+        moodle.run("admin/cli/maintenance.php", "--enable")
+    else:
+        moodle.run("admin/cli/maintenance.php", "--disable")
+        moodle.run("admin/cli/cron.php", "--enable")
+    print(moodle.run("admin/cli/maintenance.php").stdout.strip().splitlines()[-1])
+    return 0
 
 
 def register(areas: argparse._SubParsersAction) -> None:
@@ -84,3 +127,36 @@ def register(areas: argparse._SubParsersAction) -> None:
                     "key, and log in over HTTP as the admin with the login-token flow.",
         epilog="exit status:\n  0  healthy (warnings allowed)\n  1  at least one problem\n")
     status.set_defaults(run=cmd_status)
+    upgrade = add_command(
+        commands, "upgrade", summary="patch to the pins: pre-flight, backup, maintenance, switch, rollback",
+        description="Move the platform to the versions pinned in inventory/moodle.yml (a 4.1.x point release "
+                    "and/or plugin versions) with playbooks/upgrade.yml:\n"
+                    "  1. pre-flight, changing nothing: hosts reachable, free disk, archives present and sha256 "
+                    "verified (the new release is built beside the current one), plugins' `requires` met, no "
+                    "downgrade, checks.php recorded;\n"
+                    "  2. cron paused, maintenance on (optionally announced --delay minutes before);\n"
+                    "  3. database dump (custom format) and the current release kept;\n"
+                    "  4. `current` switched node by node, php-fpm reloaded, upgrade.php, caches purged;\n"
+                    "  5. post-flight: versions from Moodle, checks.php no worse, HTTP admin login; site opened.\n"
+                    "Any failure from step 4 on rolls back (previous release, database restored from the dump) "
+                    "and leaves maintenance ON. Every run is appended to the upgrade log "
+                    "(moodle_upgrade_log, default /var/lib/moodleops/upgrades.jsonl).\n"
+                    "Without --apply this is a dry run.",
+        epilog="examples:\n  moodleops platform upgrade                 # what would change\n"
+               "  moodleops platform upgrade --apply --delay 10 --operator jdupont\n"
+               "exit status:\n  0  upgraded (or dry run clean)\n  1  refused or failed (rolled back if it "
+               "had started)\n  2  invalid inventory\n")
+    upgrade.add_argument("--apply", action="store_true", help="really upgrade (default: dry run)")
+    upgrade.add_argument("--delay", type=int, default=0, metavar="MINUTES",
+                         help="announce maintenance this many minutes before it starts")
+    upgrade.add_argument("--operator", help="name recorded in the upgrade log (default: $SUDO_USER/$USER)")
+    upgrade.set_defaults(run=cmd_upgrade)
+    maint = add_command(
+        commands, "maintenance", summary="turn CLI maintenance on (with a message) or off (and resume cron)",
+        description="Moodle's own maintenance switch (admin/cli/maintenance.php). `off` also re-enables cron, "
+                    "which an upgrade pauses.",
+        epilog="examples:\n  moodleops platform maintenance on --message 'Intervention en cours'\n"
+               "  moodleops platform maintenance off\n")
+    maint.add_argument("state", choices=["on", "off"])
+    maint.add_argument("--message", help="message shown to users while maintenance is on")
+    maint.set_defaults(run=cmd_maintenance)

@@ -1,13 +1,15 @@
 """Provision the local stack once per code version: the integration tests (and
 anything else that needs the stack) call `ensure_provisioned`, which runs
-playbooks/site.yml only when the playbooks, the inventory or the PHP helpers
-changed since the last successful run, and never two runs at once."""
+playbooks/site.yml unless this same code provisioned the stack before AND it
+is alive now (services do not survive the end of a session or a reboot), and
+never two runs at once."""
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
 import os
+import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,7 +18,7 @@ from moodleops import REPO_ROOT
 from moodleops.inventory import Inventory
 from moodleops.platform.ansible import PlaybookResult, run_playbook
 from moodleops.platform.secrets import ensure_local_secrets
-from moodleops.site import site_of
+from moodleops.site import Site, site_of
 
 LOCK_FILE = Path("/var/lock/moodleops-provision.lock")
 FINGERPRINTED = ("ansible.cfg", "playbooks", "inventory", "moodleops/php")
@@ -34,6 +36,18 @@ def code_fingerprint() -> str:
                 continue
             digest.update(rel.encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()[:16]
+
+
+def stack_alive(site: Site) -> bool:
+    """Moodle answers its login page (nginx, php-fpm and PostgreSQL up) and
+    every supervised program (cron, monitoring) is running."""
+    import requests
+    try:
+        page = requests.get(site.wwwroot + "/login/index.php", timeout=10)
+    except requests.RequestException:
+        return False
+    supervised = subprocess.run(["supervisorctl", "status"], capture_output=True, text=True, check=False)
+    return page.status_code == 200 and "logintoken" in page.text and supervised.returncode == 0
 
 
 @contextmanager
@@ -56,7 +70,7 @@ def ensure_provisioned(inv: Inventory, *, echo: bool = False) -> PlaybookResult 
     assert site.secrets_dir is not None
     stamp = site.state_dir / f"provisioned-{code_fingerprint()}"
     with provisioning_lock():
-        if stamp.exists() and (site.current_link / "config.php").exists():
+        if stamp.exists() and stack_alive(site):
             return None
         ensure_local_secrets(site.secrets_dir)
         result = run_playbook(inv, "site.yml", echo=echo)

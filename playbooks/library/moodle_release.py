@@ -157,17 +157,20 @@ def check_plugin_version(plugin_dir: str, pin: dict) -> None:
         raise ReleaseError(f"{pin['component']}: version.php says {found}, the inventory pins {pin['version']}")
 
 
-def lift_php82_restriction(release_dir: str) -> None:
+def lift_php82_restriction(release_dir: str) -> str:
     env_xml = os.path.join(release_dir, "admin", "environment.xml")
     with open(env_xml, encoding="utf-8") as fh:
         text = fh.read()
     start = text.index('<MOODLE version="4.1"')
     end = text.index("</MOODLE>", start)
     block, count = PHP82_RESTRICTION.subn("", text[start:end])
-    if count != 1:
-        raise ReleaseError("admin/environment.xml: the PHP 8.2 restriction of the 4.1 block was not found")
+    if count > 1:
+        raise ReleaseError("admin/environment.xml: more than one PHP 8.2 restriction in the 4.1 block")
+    if count == 0:  # early 4.1.x releases did not restrict 8.2 yet: nothing to lift
+        return "not needed: this core does not restrict PHP 8.2"
     with open(env_xml, "w", encoding="utf-8") as fh:
         fh.write(text[:start] + block + text[end:])
+    return "restrict_php_version_82 removed from admin/environment.xml"
 
 
 def build(params: dict, dest: str, name: str) -> dict:
@@ -189,15 +192,13 @@ def build(params: dict, dest: str, name: str) -> dict:
             check_plugin_version(plugin_dir, pin)
             os.makedirs(os.path.dirname(target), exist_ok=True)
             shutil.move(plugin_dir, target)
-        if params["allow_unsupported_php"]:
-            lift_php82_restriction(staged)
+        php_override = lift_php82_restriction(staged) if params["allow_unsupported_php"] else None
         marker = {
             "name": name,
             "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "core": {"version": core["version"], "sha256": core["sha256"]},
             "plugins": {p["component"]: {"version": p["version"], "sha256": p["sha256"]} for p in plugins},
-            "php_override": "restrict_php_version_82 removed from admin/environment.xml"
-            if params["allow_unsupported_php"] else None,
+            "php_override": php_override,
         }
         with open(os.path.join(staged, MARKER), "w", encoding="utf-8") as fh:
             json.dump(marker, fh, indent=2, sort_keys=True)

@@ -1,0 +1,169 @@
+"""Next academic year's sizing from a load-test summary and the population.
+
+The load-test summary (JSON, schema "moodleops.loadtest-summary/1", written by
+the load model or by hand from its results; docs/capacity.md) says what one
+php-fpm worker sustains and how p95 grows with concurrent users:
+
+    {"schema": "moodleops.loadtest-summary/1",
+     "php_fpm_workers": 8,                  # workers serving the test (all nodes)
+     "throughput_rps_per_worker": 3.2,      # requests/s per worker at saturation
+     "requests_per_user_per_minute": 4.0,   # the model's demand per active user
+     "p95_by_users": [{"users": 20, "p95_ms": 240}, {"users": 40, "p95_ms": 610}, ...]}
+
+Every other number (population growth, peak ratio, p95 target, headroom, node
+and database shapes) comes from inventory/capacity.yml.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from moodleops.capacity.config import SizingParams
+from moodleops.capacity.errors import CapacityError
+
+from moodleops.inventory import Inventory
+
+SCHEMA = "moodleops.loadtest-summary/1"
+
+
+@dataclass(frozen=True)
+class LoadPoint:
+    users: float
+    p95_ms: float
+
+
+@dataclass(frozen=True)
+class LoadSummary:
+    php_fpm_workers: int
+    throughput_rps_per_worker: float
+    requests_per_user_per_minute: float
+    p95_by_users: tuple[LoadPoint, ...]
+    source: str
+
+
+def _positive(doc: dict[str, Any], key: str, where: str) -> float:
+    value = doc.get(key)
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
+        raise CapacityError(f"{where}: {key} {value!r} is not valid (a number > 0)")
+    return float(value)
+
+
+def read_summary(path: Path) -> LoadSummary:
+    where = str(path)
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CapacityError(f"load-test summary {where} does not exist") from None
+    except (OSError, ValueError) as exc:
+        raise CapacityError(f"load-test summary {where} cannot be read ({exc})") from None
+    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
+        found = doc.get("schema") if isinstance(doc, dict) else None
+        raise CapacityError(f"{where}: schema {found!r} is not valid ({SCHEMA})")
+    workers = doc.get("php_fpm_workers")
+    if type(workers) is not int or workers < 1:
+        raise CapacityError(f"{where}: php_fpm_workers {workers!r} is not valid (an integer >= 1)")
+    curve = doc.get("p95_by_users")
+    if not isinstance(curve, list) or not curve:
+        raise CapacityError(f"{where}: p95_by_users {curve!r} is not valid (a non-empty list of "
+                            "{users, p95_ms})")
+    points = []
+    for i, p in enumerate(curve):
+        if not isinstance(p, dict):
+            raise CapacityError(f"{where}: p95_by_users[{i}] is not valid (an object {{users, p95_ms}})")
+        points.append(LoadPoint(_positive(p, "users", f"{where}: p95_by_users[{i}]"),
+                                _positive(p, "p95_ms", f"{where}: p95_by_users[{i}]")))
+    return LoadSummary(workers, _positive(doc, "throughput_rps_per_worker", where),
+                       _positive(doc, "requests_per_user_per_minute", where),
+                       tuple(sorted(points, key=lambda p: p.users)), where)
+
+
+@dataclass(frozen=True)
+class Sizing:
+    population: int
+    peak_users: int
+    demand_rps: float
+    workers_for_throughput: int
+    users_per_worker: float
+    users_per_worker_is_lower_bound: bool
+    workers_for_latency: int
+    workers_needed: int            # before headroom
+    headroom: float
+    workers: int                   # with headroom
+    workers_per_node: int
+    node_limit: str                # what limits workers per node: cpu or memory
+    web_nodes: int
+    db_max_connections: int
+    db_ram_mb: int
+    db_shared_buffers_mb: int
+    notes: tuple[str, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def size(inv: Inventory, load: LoadSummary, p: SizingParams) -> Sizing:
+    notes: list[str] = []
+    population = math.ceil(sum(s.students + s.trainers for s in inv.schools) * (1 + p.population_growth))
+    peak_users = math.ceil(population * p.peak_active_ratio)
+    demand_rps = peak_users * load.requests_per_user_per_minute / 60
+    by_throughput = math.ceil(demand_rps / (load.throughput_rps_per_worker * p.target_utilisation))
+
+    within = [pt for pt in load.p95_by_users if pt.p95_ms <= p.p95_target_ms]
+    if not within:
+        raise CapacityError(f"{load.source}: no measured point keeps p95 <= {p.p95_target_ms:g} ms "
+                            f"(lowest p95 {load.p95_by_users[0].p95_ms:g} ms at {load.p95_by_users[0].users:g} "
+                            "users): the load test says the platform is already too slow; fix that first")
+    best = max(within, key=lambda pt: pt.users)
+    lower_bound = best is load.p95_by_users[-1]
+    if lower_bound:
+        notes.append(f"the load test never exceeded p95 {p.p95_target_ms:g} ms (up to {best.users:g} users): "
+                     "users per worker is a lower bound, the sizing errs on the safe side")
+    users_per_worker = best.users / load.php_fpm_workers
+    by_latency = math.ceil(peak_users / users_per_worker)
+
+    needed = max(by_throughput, by_latency)
+    workers = math.ceil(needed * (1 + p.headroom))
+    node = p.web_node
+    cpu_limit = node.cores * node.workers_per_core
+    mem_limit = (node.ram_mb - node.reserved_ram_mb) // node.php_worker_memory_mb
+    per_node = min(cpu_limit, mem_limit)
+    web_nodes = max(p.min_web_nodes, math.ceil(workers / per_node))
+    if web_nodes == p.min_web_nodes and math.ceil(workers / per_node) < p.min_web_nodes:
+        notes.append(f"{p.min_web_nodes} web nodes is the redundancy minimum (capacity.yml sizing.min_web_nodes)")
+
+    # Moodle opens one connection per request (no persistent connections by
+    # default): at most one per php-fpm worker, on every node, plus the others.
+    max_conn = math.ceil((web_nodes * per_node + p.db.reserved_connections) * (1 + p.headroom))
+    hot_mb = p.db.database_bytes * p.db.hot_fraction / 2**20
+    conn_mb = max_conn * p.db.per_connection_mb
+    raw_ram = max(hot_mb / (1 - p.db.shared_buffers_ratio), hot_mb) + conn_mb + p.db.os_reserved_mb
+    ram = math.ceil(raw_ram * (1 + p.headroom) / p.db.ram_step_mb) * p.db.ram_step_mb
+    return Sizing(population, peak_users, round(demand_rps, 2), by_throughput, round(users_per_worker, 2),
+                  lower_bound, by_latency, needed, p.headroom, workers, per_node,
+                  "cpu" if cpu_limit <= mem_limit else "memory", web_nodes, max_conn, ram,
+                  int(ram * p.db.shared_buffers_ratio), tuple(notes))
+
+
+def to_text(s: Sizing, load: LoadSummary, p: SizingParams) -> str:
+    h = f"{p.headroom:.0%}"
+    lines = [
+        "Sizing for next academic year",
+        f"  population:      {s.population} accounts (inventory + {p.population_growth:.0%} growth)",
+        (f"  busiest hour:    {s.peak_users} active users ({p.peak_active_ratio:.0%} of accounts), "
+        f"{s.demand_rps:g} requests/s ({load.requests_per_user_per_minute:g} per user per minute)"),
+        (f"  load test:       {load.source}: {load.throughput_rps_per_worker:g} req/s per worker; "
+        f"p95 <= {p.p95_target_ms:g} ms up to {s.users_per_worker:g} users per worker"),
+        (f"  php-fpm workers: {s.workers_needed} needed (throughput at {p.target_utilisation:.0%} use: "
+        f"{s.workers_for_throughput}; p95 target: {s.workers_for_latency}) + {h} headroom = {s.workers}"),
+        (f"  web nodes:       {s.web_nodes} x ({p.web_node.cores} cores, {p.web_node.ram_mb} MB), "
+        f"{s.workers_per_node} workers each (limited by {s.node_limit}): pm.max_children = {s.workers_per_node}"),
+        (f"  database:        max_connections {s.db_max_connections} (one per worker on every node + "
+        f"{p.db.reserved_connections} reserved, + {h}); RAM {s.db_ram_mb} MB, "
+        f"shared_buffers {s.db_shared_buffers_mb} MB (includes {h} headroom)"),
+    ]
+    lines += [f"  note: {n}" for n in s.notes]
+    return "\n".join(lines) + "\n"

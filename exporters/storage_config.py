@@ -1,0 +1,69 @@
+"""Build a ScanConfig from the inventory (the single source of truth)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from moodleops.exporters.storage_model import (
+    AccountPolicy,
+    DbTarget,
+    ScanConfig,
+    SchoolSpec,
+    StoragePaths,
+)
+
+from moodleops.inventory import Inventory
+from moodleops.moodle import MoodleCLI, MoodleError
+from moodleops.site import Site
+
+
+def schools_of(inv: Inventory) -> tuple[SchoolSpec, ...]:
+    return tuple(SchoolSpec(code=s.code, category_idnumber=s.category_idnumber,
+                            cohort_idnumber=s.cohort_idnumber, alert_bytes=s.alert_bytes)
+                 for s in inv.schools)
+
+
+def ro_target(site: Site) -> DbTarget:
+    return DbTarget(host=site.db_host, port=site.db_port, dbname=site.db_name, user=site.db_ro_user,
+                    password=site.secret("db_ro_password"), prefix=site.db_prefix)
+
+
+def moodle_paths(site: Site) -> tuple[StoragePaths, list[str]]:
+    """Data directories as Moodle resolves them (a relocated filedir included),
+    through the storage_paths helper; Moodle's defaults under the inventory's
+    dataroot when Moodle cannot be asked (e.g. the exporter on a host without PHP)."""
+    notes: list[str] = []
+    try:
+        got = MoodleCLI(site).tool("storage_paths", timeout=60)
+    except (MoodleError, OSError) as exc:
+        notes.append(f"could not ask Moodle for its data paths ({' '.join(str(exc).split())[:200]}); "
+                     f"using the defaults under {site.dataroot}")
+        return StoragePaths.defaults(site.dataroot), notes
+    if got.get("alternative_file_system_class"):
+        notes.append(f"Moodle uses {got['alternative_file_system_class']}: filedir holds only local "
+                     "objects, missing blobs are expected")
+    return StoragePaths(dataroot=Path(got["dataroot"]), filedir=Path(got["filedir"]),
+                        trashdir=Path(got["trashdir"]), tempdir=Path(got["tempdir"]),
+                        cachedir=Path(got["cachedir"]), localcachedir=Path(got["localcachedir"]),
+                        backuptempdir=Path(got["backuptempdir"])), notes
+
+
+def account_policy(inv: Inventory) -> AccountPolicy:
+    p = inv.platform
+    return AccountPolicy(method=p.membership_method, membership_field=p.membership_profile_field,
+                         type_field=p.accounts.account_type_field, hosted_types=p.accounts.hosted_types,
+                         hosted_expiry_month=p.accounts.hosted_expiry.month,
+                         hosted_expiry_day=p.accounts.hosted_expiry.day)
+
+
+def config_from_inventory(inv: Inventory, site: Site, *, paths: StoragePaths | None = None,
+                          schools: Sequence[SchoolSpec] | None = None, db: DbTarget | None = None,
+                          walk_filedir: bool = True) -> tuple[ScanConfig, list[str]]:
+    notes: list[str] = []
+    if paths is None:
+        paths, notes = moodle_paths(site)
+    cfg = ScanConfig(db=db or ro_target(site), schools=tuple(schools or schools_of(inv)), paths=paths,
+                     pool_bytes=inv.platform.pool_bytes, accounts=account_policy(inv),
+                     walk_filedir=walk_filedir)
+    return cfg, notes

@@ -1,0 +1,292 @@
+"""`moodleops loadtest model|prepare|inspect|cleanup|run`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+from moodleops.loadtests import fixture as fx
+from moodleops.loadtests.model import SHAPES, Population, load_model, shape_load
+from moodleops.loadtests.runner import MAX_USERS_WITHOUT_FORCE, RunRequest, run
+
+from moodleops.cli import add_area, add_command
+from moodleops.inventory import load_inventory
+from moodleops.moodle import MoodleCLI, MoodleError
+from moodleops.site import site_of
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not valid (an integer >= 1)")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not valid (a number > 0)")
+    return value
+
+
+def register(areas: argparse._SubParsersAction) -> None:
+    commands = add_area(
+        areas, "loadtest",
+        summary="load model, test fixture and Locust runs with SLO verdicts",
+        description="""\
+Model and test the load of the platform's ~4,200 accounts. The concurrency
+model and the service levels are data (inventory/loadmodel.yml); the
+population comes from inventory/schools.yml. `prepare` creates test accounts
+and a course (forum, quiz, assignment, file) through Moodle; `run` plays one
+calendar shape (weekday, september, exam, deadline, smoke) with Locust against
+the target and judges it against the SLOs; `cleanup` removes the fixture.
+
+Load goes only to loopback targets, and prepare/cleanup act only on a
+loopback-only inventory, unless --force-production is given.""",
+        epilog="""\
+examples:
+  moodleops loadtest model --scale 2
+  moodleops loadtest prepare --prefix lt2025a --students 150 --trainers 10
+  moodleops loadtest run --prefix lt2025a --shape exam --users 100 --duration 300
+  moodleops loadtest cleanup --prefix lt2025a --yes""",
+    )
+
+    model = add_command(commands, "model", summary="print the concurrency model for the population",
+                        description="""\
+Turn the accounts of every school into peak concurrent sessions, session
+arrival rates and page rates, for each calendar shape, with the parameters of
+inventory/loadmodel.yml.""",
+                        epilog="""\
+exit status:
+  0  printed
+  2  the inventory or loadmodel.yml is invalid
+
+examples:
+  moodleops loadtest model
+  moodleops loadtest model --scale 2 --format json""")
+    model.add_argument("--scale", type=_positive_float, default=1.0,
+                       help="multiply every school's accounts (2 = numbers double; default 1)")
+    model.add_argument("--questions", type=_positive_int, default=20, help="exam questions (default: 20)")
+    model.add_argument("--format", choices=("table", "json"), default="table")
+    model.set_defaults(run=run_model)
+
+    force_help = "act on an inventory or target that is not loopback-only (production)"
+
+    prep = add_command(commands, "prepare", summary="create test users and a test course through Moodle",
+                       description="""\
+Create, through Moodle's testing data generator (moodleops/php/loadtest_fixture.php),
+a category and course named after PREFIX with a forum and a discussion, a quiz of
+true/false questions, an assignment taking one file and a file resource, plus
+PREFIXs0001.. student and PREFIXt0001.. trainer accounts enrolled in it. The ids
+and the accounts' random password are recorded in FIXTURE_DIR/PREFIX.json (0600).
+If anything fails, what was created is removed again.""",
+                       epilog="""\
+exit status:
+  0  prepared
+  1  Moodle refused (message on stderr)
+  2  bad option, invalid inventory, or an inventory that is not loopback-only
+
+examples:
+  moodleops loadtest prepare --prefix lt2025a --students 150 --trainers 10""")
+    prep.add_argument("--prefix", type=str, default=None,
+                      help="unique prefix: lt + 3..20 of [a-z0-9] (default: a random one, printed)")
+    prep.add_argument("--students", type=_positive_int, default=30)
+    prep.add_argument("--trainers", type=_positive_int, default=3)
+    prep.add_argument("--questions", type=_positive_int, default=5, help="quiz questions, one per page")
+    prep.add_argument("--force-production", action="store_true", help=force_help)
+    prep.add_argument("--fixture-dir", type=Path, default=None,
+                      help="where fixture records live (default: <moodleops_state_dir>/loadtests)")
+    prep.set_defaults(run=run_prepare)
+
+    insp = add_command(commands, "inspect", summary="count what simulated users left in Moodle",
+                       description="Finished quiz attempts, forum replies and submitted files of PREFIX's users.",
+                       epilog="""\
+exit status:
+  0  printed (JSON)
+  2  bad option
+
+examples:
+  moodleops loadtest inspect --prefix lt2025a""")
+    insp.add_argument("--prefix", required=True)
+    insp.set_defaults(run=run_inspect)
+
+    clean = add_command(commands, "cleanup", summary="remove a fixture (dry run unless --yes)",
+                        description="""\
+List, then with --yes delete through Moodle (delete_course, delete_user), the
+course, category and users that `prepare` created for PREFIX. Only records
+carrying the fixture's marker are touched.""",
+                        epilog="""\
+exit status:
+  0  listed (dry run) or removed
+  1  Moodle refused
+  2  bad option, or an inventory that is not loopback-only
+
+examples:
+  moodleops loadtest cleanup --prefix lt2025a
+  moodleops loadtest cleanup --prefix lt2025a --yes""")
+    clean.add_argument("--prefix", required=True)
+    clean.add_argument("--yes", action="store_true", help="really delete (default: dry run)")
+    clean.add_argument("--force-production", action="store_true", help=force_help)
+    clean.add_argument("--fixture-dir", type=Path, default=None)
+    clean.set_defaults(run=run_cleanup)
+
+    r = add_command(commands, "run", summary="play a load shape headless and judge it against the SLOs",
+                    description=f"""\
+Play one calendar shape of the model with Locust (FastHttpUser, real Moodle
+flows with content checks) against the target, headless, for --duration wall
+seconds. The scenario's natural length is compressed into that duration
+(a 24 h weekday in 600 s runs at x144); think times keep their real length
+unless --think-scale shrinks them. --users is the peak number of simulated
+users (concurrent sessions); default: the model's peak for the population.
+
+Writes into the results directory: plan.json, locust_stats.csv (+ failures,
+exceptions, history), report.html and summary.json (schema
+moodleops-loadtest-summary/1, see docs/loadtests.md), then prints the verdict.
+
+shapes: {", ".join(SHAPES)}""",
+                    epilog="""\
+exit status:
+  0  the run held every SLO (p95 per page type, error rate)
+  1  an SLO was violated (listed on stdout)
+  2  bad option, non-loopback target without --force-production, no fixture
+
+examples:
+  moodleops loadtest run --prefix lt2025a --shape smoke --think-scale 0.01
+  moodleops loadtest run --prefix lt2025a --shape exam --users 100 --duration 300
+  moodleops loadtest run --prefix lt2025a --shape weekday --duration 600 --workers 2""")
+    r.add_argument("--prefix", required=True, help="the fixture to use (from prepare)")
+    r.add_argument("--shape", required=True, choices=SHAPES, metavar="NAME")
+    r.add_argument("--users", type=_positive_int, default=None, help=f"peak users (<= {MAX_USERS_WITHOUT_FORCE})")
+    r.add_argument("--duration", type=_positive_float, default=60.0, help="wall seconds (default: 60)")
+    r.add_argument("--workers", type=int, default=0,
+                   help="Locust worker processes (0 = one process; >0: master + workers, local when the "
+                        "inventory's loadgen hosts are loopback)")
+    r.add_argument("--think-scale", type=_positive_float, default=1.0,
+                   help="multiply think times (1 = realistic; 0.01 for a quick functional run)")
+    r.add_argument("--scale", type=_positive_float, default=1.0, help="multiply the population")
+    r.add_argument("--start-hour", type=float, default=0.0, help="weekday: hour of day the run starts at")
+    r.add_argument("--target", default=None, help="base URL (default: the inventory's wwwroot)")
+    r.add_argument("--results", type=Path, default=None,
+                   help="results directory (default: ./loadtest-results/<shape>-<UTC time>)")
+    r.add_argument("--force-production", action="store_true", help="allow a non-loopback target")
+    r.add_argument("--fixture-dir", type=Path, default=None)
+    r.add_argument("--quiet", action="store_true", help="do not echo Locust's progress")
+    r.set_defaults(run=run_run)
+
+
+def _fail(msg: str) -> int:
+    print(f"moodleops: error: {msg}", file=sys.stderr)
+    return 2
+
+
+def _fixture_dir(args: argparse.Namespace, inv_site_state: Path) -> Path:
+    return args.fixture_dir if args.fixture_dir is not None else inv_site_state / "loadtests"
+
+
+def run_model(args: argparse.Namespace) -> int:
+    inv = load_inventory(args.inventory)
+    model = load_model(inv)
+    pop = Population.of(inv, args.scale)
+    loads = [shape_load(name, model, pop, questions=args.questions) for name in SHAPES if name != "smoke"]
+    if args.format == "json":
+        print(json.dumps({"population": pop.__dict__, "shapes": {
+            s.shape: {"peak_concurrent": s.peak_concurrent, "peak_arrivals_per_s": s.peak_arrivals_per_s,
+                      "peak_pages_per_s": s.peak_pages_per_s, "natural_duration_s": s.natural_duration_s,
+                      **s.detail} for s in loads}}, indent=2))
+        return 0
+    print(f"population x{args.scale:g}: {pop.students} students, {pop.trainers} trainers "
+          f"(largest school {pop.largest_school_students} students); model {model.path}")
+    print(f"{'shape':<10} {'peak users':>10} {'arrivals/s':>11} {'pages/s':>8}  detail")
+    for s in loads:
+        detail = ", ".join(f"{k}={v:.3g}" for k, v in s.detail.items())
+        print(f"{s.shape:<10} {s.peak_concurrent:>10.1f} {s.peak_arrivals_per_s:>11.3f} "
+              f"{s.peak_pages_per_s:>8.2f}  {detail}")
+    return 0
+
+
+def run_prepare(args: argparse.Namespace) -> int:
+    inv = load_inventory(args.inventory)
+    try:
+        fx.guard_inventory(inv, args.force_production, "prepare a load-test fixture")
+        prefix = fx.check_prefix(args.prefix) if args.prefix else fx.new_prefix()
+        site = site_of(inv)
+        print(f"preparing {prefix}: {args.students} students, {args.trainers} trainers, "
+              f"{args.questions} questions on {site.wwwroot} ...", flush=True)
+        rec = fx.prepare(MoodleCLI(site), prefix, students=args.students, trainers=args.trainers,
+                         questions=args.questions, directory=_fixture_dir(args, site.state_dir))
+    except fx.LoadtestError as exc:
+        return _fail(str(exc))
+    except MoodleError as exc:
+        print(f"moodleops: error: {' '.join(str(exc).split())[:400]}", file=sys.stderr)
+        return 1
+    print(f"prepared {prefix}: course {rec['course_id']}, quiz cm {rec['quiz_cmid']}, "
+          f"assignment cm {rec['assign_cmid']}, forum cm {rec['forum_cmid']}")
+    return 0
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    inv = load_inventory(args.inventory)
+    try:
+        print(json.dumps(fx.inspect(MoodleCLI(site_of(inv)), args.prefix), indent=2))
+    except fx.LoadtestError as exc:
+        return _fail(str(exc))
+    return 0
+
+
+def run_cleanup(args: argparse.Namespace) -> int:
+    inv = load_inventory(args.inventory)
+    try:
+        fx.guard_inventory(inv, args.force_production, "clean up a load-test fixture")
+        site = site_of(inv)
+        res = fx.cleanup(MoodleCLI(site), args.prefix, apply=args.yes,
+                         directory=_fixture_dir(args, site.state_dir))
+    except fx.LoadtestError as exc:
+        return _fail(str(exc))
+    except MoodleError as exc:
+        print(f"moodleops: error: {' '.join(str(exc).split())[:400]}", file=sys.stderr)
+        return 1
+    verb = "removed" if args.yes else "would remove (dry run; --yes to apply)"
+    print(f"{verb}: {len(res['courses'])} course(s) {', '.join(res['courses'])}, {res['users']} user(s), "
+          f"category {res['category']}")
+    return 0
+
+
+def run_run(args: argparse.Namespace) -> int:
+    inv = load_inventory(args.inventory)
+    try:
+        model = load_model(inv)
+        site = site_of(inv)
+        target = fx.guard_target(args.target or site.wwwroot, args.force_production)
+        if args.workers < 0 or args.workers > 64:
+            return _fail(f"--workers: {args.workers} is not valid (0 to 64)")
+        if not 0 <= args.start_hour < 24:
+            return _fail(f"--start-hour: {args.start_hour:g} is not valid (0 to 24)")
+        fixture = fx.load_fixture(_fixture_dir(args, site.state_dir), args.prefix)
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        results = args.results or Path("loadtest-results") / f"{args.shape}-{stamp}"
+        req = RunRequest(shape=args.shape, users=args.users, duration_s=args.duration, workers=args.workers,
+                         think_scale=args.think_scale, scale=args.scale, start_hour=args.start_hour,
+                         results_dir=results.resolve(), target=target)
+        print(f"running {args.shape} against {target} for {args.duration:g} s -> {req.results_dir}", flush=True)
+        summary = run(req, inv, model, fixture, echo=not args.quiet)
+    except fx.LoadtestError as exc:
+        return _fail(str(exc))
+    t = summary["totals"]
+    print(f"{summary['shape']}: {summary['users']} users, {t['requests']} requests, {t['rps']:.2f} req/s, "
+          f"error rate {t['error_rate']:.2%}, p95 {t['p95_ms']:g} ms")
+    if summary["verdict"]["pass"]:
+        print(f"SLO verdict: PASS ({req.results_dir / 'summary.json'})")
+        return 0
+    print(f"SLO verdict: FAIL ({req.results_dir / 'summary.json'})")
+    for v in summary["verdict"]["violations"]:
+        print(f"  {v['page']}: {v['metric']} {v['value']:g} > {v['limit']:g}")
+    return 1

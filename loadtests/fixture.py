@@ -1,0 +1,101 @@
+"""Test data for load runs, created and removed through Moodle
+(moodleops/php/loadtest_fixture.php: Moodle's testing data generator,
+delete_course(), delete_user()), never by SQL. Everything carries the run's
+prefix and a marker, so cleanup removes only what prepare made."""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from moodleops.inventory import Inventory
+from moodleops.inventory.loader import is_loopback
+from moodleops.moodle import MoodleCLI
+
+PREFIX_RE = re.compile(r"^lt[a-z0-9]{3,20}$")
+HELPER = "loadtest_fixture"
+
+
+class LoadtestError(RuntimeError):
+    """A refused or failed load-test action: one line for the operator."""
+
+
+def check_prefix(prefix: str) -> str:
+    if not PREFIX_RE.match(prefix):
+        raise LoadtestError(f"--prefix: {prefix!r} is not valid (lt followed by 3 to 20 of [a-z0-9], e.g. lt2025a)")
+    return prefix
+
+
+def new_prefix() -> str:
+    return "lt" + secrets.token_hex(4)
+
+
+def guard_inventory(inv: Inventory, force: bool, action: str) -> None:
+    """Load tests create accounts and load a platform: only on this machine unless forced."""
+    if inv.is_loopback_only or force:
+        return
+    remote = sorted({h.address for h in inv.hosts if not is_loopback(h.address)})
+    raise LoadtestError(f"inventory {inv.env!r} is not loopback-only (hosts {', '.join(remote[:3])}"
+                        f"{'...' if len(remote) > 3 else ''}): refusing to {action}; "
+                        "pass --force-production to act on that platform")
+
+
+def guard_target(url: str, force: bool) -> str:
+    host = urlsplit(url).hostname or ""
+    if not host:
+        raise LoadtestError(f"--target: {url!r} is not valid (an http(s) URL)")
+    if not is_loopback(host) and not force:
+        raise LoadtestError(f"--target: {url!r} is not a loopback address (127.0.0.0/8, ::1, localhost); "
+                            "load goes elsewhere only with --force-production")
+    return url.rstrip("/")
+
+
+def fixture_file(directory: Path, prefix: str) -> Path:
+    return directory / f"{prefix}.json"
+
+
+def prepare(cli: MoodleCLI, prefix: str, *, students: int, trainers: int, questions: int,
+            directory: Path) -> dict[str, Any]:
+    """Create the fixture in Moodle and record it (with the accounts' password,
+    mode 0600) in `directory`; returns the record."""
+    check_prefix(prefix)
+    path = fixture_file(directory, prefix)
+    if path.exists():
+        raise LoadtestError(f"--prefix: {prefix!r} is already prepared ({path}); run cleanup first")
+    password = "Lt-" + secrets.token_urlsafe(12) + "9a"
+    result: dict[str, Any] = cli.tool(HELPER, "prepare", payload={
+        "prefix": prefix, "password": password, "students": students, "trainers": trainers,
+        "questions": questions})
+    record = {**result, "password": password, "wwwroot": cli.site.wwwroot}
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.touch(mode=0o600)
+    tmp.write_text(json.dumps(record, indent=2), encoding="utf-8")
+    tmp.replace(path)
+    return record
+
+
+def load_fixture(directory: Path, prefix: str) -> dict[str, Any]:
+    path = fixture_file(directory, check_prefix(prefix))
+    if not path.is_file():
+        raise LoadtestError(f"--prefix: {prefix!r} has no fixture in {directory} "
+                            "(run `moodleops loadtest prepare --prefix ...` first)")
+    data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return data
+
+
+def inspect(cli: MoodleCLI, prefix: str) -> dict[str, Any]:
+    """What the simulated users left in Moodle: finished attempts, forum replies, submissions."""
+    result: dict[str, Any] = cli.tool(HELPER, "inspect", payload={"prefix": check_prefix(prefix)})
+    return result
+
+
+def cleanup(cli: MoodleCLI, prefix: str, *, apply: bool, directory: Path) -> dict[str, Any]:
+    result: dict[str, Any] = cli.tool(HELPER, "cleanup", payload={"prefix": check_prefix(prefix), "apply": apply})
+    if apply:
+        fixture_file(directory, prefix).unlink(missing_ok=True)
+    return result

@@ -1,0 +1,302 @@
+"""`moodleops incident`: suspend / reinstate, messaging suspension, account expiry."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from datetime import date
+from pathlib import Path
+
+from moodleops.cli import add_area, add_command
+from moodleops.incident.csvinput import parse_renewals_option, parse_user_list, read_user_csv
+from moodleops.incident.errors import IncidentError, LockBusy
+from moodleops.incident.journal import DEFAULT_COPY_DIR
+from moodleops.incident.runbook import Outcome, Runbook, Who
+from moodleops.inventory import load_inventory
+from moodleops.moodle import MoodleError
+from moodleops.site import site_of
+
+EXIT = """\
+exit status:
+  0  done (or dry run shown)
+  1  done, but drift or problems were left as is (listed)
+  2  bad input: nothing changed (one line on stderr naming the bad value)
+  3  another runbook holds the lock: nothing changed
+  4  Moodle (the PHP helper) failed: see the message; the journal says what was applied
+"""
+
+APPLY_NOTE = """\
+Dry run by default: the command prints exactly what would change, object by
+object, and changes nothing. Add --apply (or --yes) to do it. Applied actions
+take the runbook lock, go through Moodle's own API (events logged, caches
+purged, sessions ended) and are written to the append-only journal
+<state_dir>/incidents/journal.jsonl on the host, copied to --journal-copy.
+"""
+
+
+def _runbook(args: argparse.Namespace) -> Runbook:
+    inv = load_inventory(args.inventory)
+    # "-": no operator copy here (the pyinfra deploy fetches the host journal itself).
+    copy = None if str(args.journal_copy) == "-" else args.journal_copy
+    return Runbook(inv, site_of(inv), journal_copy=copy)
+
+
+def _users(args: argparse.Namespace) -> tuple[str, ...]:
+    names: list[str] = []
+    if args.users is not None:
+        names += parse_user_list(args.users)
+    if args.users_csv is not None:
+        names += read_user_csv(args.users_csv)
+    return tuple(dict.fromkeys(names))
+
+
+def _who(args: argparse.Namespace, *, reason: str | None = None, ticket: str | None = None) -> Who:
+    reason = args.reason or reason
+    ticket = args.ticket or ticket
+    if not reason or not reason.strip():
+        raise IncidentError("--reason is empty (say why, e.g. --reason 'phishing wave, ticket 4521')")
+    if not ticket or not ticket.strip():
+        raise IncidentError("--ticket is empty (give the ticket reference, e.g. --ticket SUP-4521)")
+    return Who(reason=reason.strip(), ticket=ticket.strip(), operator=args.operator)
+
+
+def _finish(outcome: Outcome) -> int:
+    for line in outcome.render():
+        print(line)
+    return 1 if outcome.drift else 0
+
+
+def _guarded(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return fn(args)
+        except IncidentError as exc:
+            print(f"moodleops: error: {exc}", file=sys.stderr)
+            return 2
+        except LockBusy as exc:
+            print(f"moodleops: error: {exc}", file=sys.stderr)
+            return 3
+        except MoodleError as exc:
+            print(f"moodleops: error: Moodle helper failed: {exc}", file=sys.stderr)
+            return 4
+    return run
+
+
+def _progress(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def cmd_suspend(args: argparse.Namespace) -> int:
+    rb = _runbook(args)
+    who = _who(args)
+    make = rb.suspend(schools=tuple(args.school or ()), users=_users(args), platform=args.platform,
+                      hide_category=args.hide_category, include_multi_school=args.include_multi_school,
+                      message=args.message)
+    return _finish(rb.run(make, apply=args.apply, who=who, progress=_progress))
+
+
+def cmd_reinstate(args: argparse.Namespace) -> int:
+    rb = _runbook(args)
+    incident = rb.journal.incident(args.incident_id)
+    who = _who(args, reason=f"reinstate {args.incident_id}", ticket=incident.record.get("ticket"))
+    return _finish(rb.run(rb.reinstate(args.incident_id), apply=args.apply, who=who, force=args.force,
+                          progress=_progress))
+
+
+def cmd_messaging(args: argparse.Namespace) -> int:
+    rb = _runbook(args)
+    who = _who(args)
+    return _finish(rb.run(rb.messaging(_users(args), block=args.what == "suspend"), apply=args.apply, who=who,
+                          progress=_progress))
+
+
+def _date(value: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a date (expected YYYY-MM-DD)") from None
+
+
+def cmd_expire(args: argparse.Namespace) -> int:
+    rb = _runbook(args)
+    who = _who(args)
+    files = parse_renewals_option(args.renewals or [], {s.code for s in rb.inv.schools})
+    make = rb.expire(args.date, rb.read_renewals(files))
+    return _finish(rb.run(make, apply=args.apply, who=who, progress=_progress))
+
+
+def cmd_missing(args: argparse.Namespace) -> int:
+    rb = _runbook(args)
+    files = parse_renewals_option(args.renewals or [], {s.code for s in rb.inv.schools})
+    late, within = rb.missing_accounts(args.date, rb.read_renewals(files))
+    sla = rb.inv.platform.accounts.new_account_sla_days
+    print(f"accounts requested more than {sla} days before {args.date} and still missing in Moodle: {len(late)}")
+    for m in late:
+        print(f"  {m.school}  {m.username}  requested {m.requested} ({m.days} days)  [{m.source}]")
+    if within:
+        print(f"{within} more missing but requested within the last {sla} days")
+    return 1 if late else 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    rb = _runbook(args)
+    incidents = rb.journal.incidents()
+    if not incidents:
+        print(f"no incident in {rb.journal.path}")
+        return 0
+    print(f"{'incident':28} {'at (UTC)':25} {'action':20} {'state':18} {'changed':>7}  ticket / reason")
+    for inc in incidents.values():
+        r = inc.record
+        changed = sum(1 for c in r.get("changes", []) if c.get("status") == "changed")
+        state = inc.state if r.get("action") != "reinstate" else f"undoes {r.get('reinstates')}"
+        print(f"{inc.id:28} {r.get('at', ''):25} {r.get('action', ''):20} {state:18} {changed:>7}  "
+              f"{r.get('ticket', '')} / {r.get('reason', '')}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    rb = _runbook(args)
+    inc = rb.journal.incident(args.incident_id)
+    doc = {"state": inc.state, "record": inc.record, "reinstatements": inc.reinstatements,
+           "pending": inc.pending()}
+    print(json.dumps(doc, indent=2, ensure_ascii=False))
+    return 0
+
+
+def _common(p: argparse.ArgumentParser, *, applies: bool = True) -> None:
+    p.add_argument("--journal-copy", metavar="DIR", type=Path, default=DEFAULT_COPY_DIR,
+                   help="the operator's copy of the journal; - for none (default: %(default)s)")
+    if applies:
+        p.add_argument("--apply", "--yes", dest="apply", action="store_true",
+                       help="do it (default: dry run, change nothing)")
+        p.add_argument("--operator", metavar="NAME", help="who runs this, when not the OS user (journalled)")
+
+
+def _users_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--users", metavar="A,B", help="usernames, comma-separated")
+    p.add_argument("--users-csv", metavar="FILE", type=Path, help="CSV file with a username column")
+
+
+def _why_options(p: argparse.ArgumentParser, *, required: bool = True) -> None:
+    p.add_argument("--reason", metavar="TEXT", required=required, help="why (journalled)")
+    p.add_argument("--ticket", metavar="REF", required=required, help="ticket reference (journalled)")
+
+
+def register(areas: argparse._SubParsersAction) -> None:
+    commands = add_area(
+        areas, "incident", summary="suspend/reinstate schools, users or the platform; messaging; expiry",
+        description="Incident runbooks (hosting agreement art. 6.2): suspend a school, a list of users or the "
+                    "whole platform, and reinstate exactly the state from before; cut a user's messaging; "
+                    "expire hosted accounts not renewed on 31 August.\n\n" + APPLY_NOTE,
+        epilog="examples:\n"
+               "  moodleops incident suspend --school ifsi_millau --hide-category --reason 'intrusion' "
+               "--ticket SUP-1\n"
+               "  moodleops incident suspend --school ifsi_millau --reason 'intrusion' --ticket SUP-1 --apply\n"
+               "  moodleops incident list\n"
+               "  moodleops incident reinstate INC-20261124-143012-ab12 --apply\n"
+               "  moodleops incident messaging suspend --users abc1234d --reason spam --ticket SUP-2 --apply\n"
+               "  moodleops incident expire --date 2026-08-31 --renewals ifsi_millau=millau.csv "
+               "--reason 'yearly expiry' --ticket SUP-3\n\n" + EXIT)
+
+    p = add_command(
+        commands, "suspend", summary="suspend a school's users, a list of users, or the platform",
+        description="Suspend accounts (their open sessions end at once) and optionally hide the school's "
+                    "category; or put the whole platform in maintenance mode. School members come from "
+                    "platform.yml school_membership (cohort, profile_field or category_enrolments). Users "
+                    "also in another school are reported and left alone unless --include-multi-school. Site "
+                    "administrators are never suspended. Accounts already suspended are left out of the "
+                    "incident, so they stay suspended at reinstatement. Re-running changes nothing.\n\n"
+                    + APPLY_NOTE,
+        epilog="examples:\n"
+               "  moodleops incident suspend --school ifms_lot --hide-category --reason 'phishing' --ticket SUP-7\n"
+               "  moodleops incident suspend --users abc1234d,xyz9876q --reason 'leak' --ticket SUP-8 --apply\n"
+               "  moodleops incident suspend --users-csv list.csv --reason 'breach' --ticket SUP-9 --apply\n"
+               "  moodleops incident suspend --platform --message 'Maintenance de sécurité' "
+               "--reason 'flaw' --ticket SUP-10 --apply\n\n" + EXIT)
+    p.add_argument("--school", metavar="CODE", action="append", help="a school code of schools.yml (repeatable)")
+    _users_options(p)
+    p.add_argument("--platform", action="store_true", help="the whole platform: CLI maintenance mode")
+    p.add_argument("--hide-category", action="store_true", help="also hide the school's course category")
+    p.add_argument("--include-multi-school", action="store_true",
+                   help="also suspend users who belong to another school too")
+    p.add_argument("--message", metavar="TEXT", help="with --platform: the maintenance page message")
+    _why_options(p)
+    _common(p)
+    p.set_defaults(run=_guarded(cmd_suspend))
+
+    p = add_command(
+        commands, "reinstate", summary="undo an incident exactly",
+        description="Put back every object the incident changed to its state from before. Objects changed "
+                    "since the incident (an account edited by hand, a category shown again...) are drift: "
+                    "reported and left as is unless --force. An incident already reinstated is refused.\n\n"
+                    + APPLY_NOTE,
+        epilog="examples:\n  moodleops incident reinstate INC-20261124-143012-ab12\n"
+               "  moodleops incident reinstate INC-20261124-143012-ab12 --apply\n"
+               "  moodleops incident reinstate INC-20261124-143012-ab12 --force --apply\n\n" + EXIT)
+    p.add_argument("incident_id", metavar="INCIDENT_ID")
+    p.add_argument("--force", action="store_true", help="also restore objects that drifted since")
+    _why_options(p, required=False)
+    _common(p)
+    p.set_defaults(run=_guarded(cmd_reinstate))
+
+    p = add_command(
+        commands, "messaging", summary="suspend or reinstate users' messaging (spam)",
+        description="suspend: assign the system role moodleops_nomessaging (created on first use; it "
+                    "prohibits moodle/site:sendmessage, which Moodle checks in the system context) to the "
+                    "users. reinstate: remove it. Reversible also with `incident reinstate ID`.\n\n"
+                    + APPLY_NOTE,
+        epilog="examples:\n  moodleops incident messaging suspend --users abc1234d --reason spam --ticket SUP-2\n"
+               "  moodleops incident messaging reinstate --users abc1234d --reason fixed --ticket SUP-2 "
+               "--apply\n\n" + EXIT)
+    p.add_argument("what", choices=("suspend", "reinstate"))
+    _users_options(p)
+    _why_options(p)
+    _common(p)
+    p.set_defaults(run=_guarded(cmd_messaging))
+
+    p = add_command(
+        commands, "expire", summary="suspend hosted accounts not renewed (31 August)",
+        description="On or after 31 August (platform.yml accounts.hosted_expiry), suspend the hosted accounts "
+                    "(profile field accounts.account_type_field in accounts.hosted_types) of the schools "
+                    "whose renewal lists are given, when they are not on their school's list. A renewal "
+                    "counts when its requested date falls in the year ending on --date. Students are never "
+                    "touched; schools without a list are left alone.\n\nRenewal CSV: header "
+                    "username,requested[,account_type]; requested as YYYY-MM-DD.\n\n" + APPLY_NOTE,
+        epilog="examples:\n  moodleops incident expire --date 2026-08-31 --renewals ifsi_millau=millau.csv "
+               "ifms_lot=lot.csv --reason 'yearly expiry' --ticket SUP-3\n\n" + EXIT)
+    p.add_argument("--date", type=_date, required=True, metavar="YYYY-MM-DD", help="the expiry run's date")
+    p.add_argument("--renewals", metavar="SCHOOL=CSV", nargs="+", action="extend",
+                   help="a school's renewal list (repeatable)")
+    _why_options(p)
+    _common(p)
+    p.set_defaults(run=_guarded(cmd_expire))
+
+    p = add_command(
+        commands, "missing-accounts", summary="accounts requested more than the SLA ago and still missing",
+        description="Read the schools' renewal/request lists and list usernames requested more than "
+                    "accounts.new_account_sla_days (platform.yml) before --date that Moodle still lacks. "
+                    "Read-only.",
+        epilog="examples:\n  moodleops incident missing-accounts --renewals ifsi_millau=millau.csv\n\n"
+               "exit status:\n  0  none missing beyond the SLA\n  1  some are (listed)\n  2  bad input\n")
+    p.add_argument("--date", type=_date, default=date.today(), metavar="YYYY-MM-DD", help="as of (default: today)")
+    p.add_argument("--renewals", metavar="SCHOOL=CSV", nargs="+", action="extend", help="a school's list")
+    _common(p, applies=False)
+    p.set_defaults(run=_guarded(cmd_missing))
+
+    p = add_command(commands, "list", summary="incidents in the host journal",
+                    description="One line per journalled action: id, time, action, state (open, reinstated, "
+                                "partly-reinstated), objects changed, ticket and reason.",
+                    epilog="examples:\n  moodleops incident list\n\nexit status:\n  0  listed\n")
+    _common(p, applies=False)
+    p.set_defaults(run=_guarded(cmd_list))
+
+    p = add_command(commands, "show", summary="one incident's journal records, as JSON",
+                    description="The incident's record (every object with its before/after state), its "
+                                "reinstatements, and what is still pending.",
+                    epilog="examples:\n  moodleops incident show INC-20261124-143012-ab12\n\n"
+                           "exit status:\n  0  shown\n  2  unknown incident id\n")
+    p.add_argument("incident_id", metavar="INCIDENT_ID")
+    _common(p, applies=False)
+    p.set_defaults(run=_guarded(cmd_show))

@@ -1,0 +1,93 @@
+"""Typed access to moodleops/php/incident.php: one PHP process per call, whatever the batch size."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from moodleops.inventory import Inventory, School
+from moodleops.moodle import MoodleCLI
+
+HELPER = "incident"
+
+
+@dataclass(frozen=True)
+class MoodleUser:
+    id: int
+    username: str
+    suspended: int
+    timemodified: int
+    siteadmin: bool
+    guest: bool
+    account_type: str | None
+    messaging_blocked: bool
+    schools: tuple[str, ...]
+
+    @classmethod
+    def of(cls, row: dict[str, Any]) -> MoodleUser:
+        return cls(id=int(row["id"]), username=str(row["username"]), suspended=int(row["suspended"]),
+                   timemodified=int(row["timemodified"]), siteadmin=bool(row["siteadmin"]),
+                   guest=bool(row["guest"]), account_type=row.get("account_type"),
+                   messaging_blocked=bool(row["messaging_blocked"]), schools=tuple(row["schools"]))
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What Moodle holds now for the objects a plan is about."""
+
+    users: tuple[MoodleUser, ...]
+    missing_usernames: tuple[str, ...]
+    school_problems: dict[str, str]          # code -> why its members could not be listed
+    categories: dict[str, dict[str, Any] | None]
+    platform: dict[str, Any]
+    account_type_field_exists: bool
+
+    def user_by_name(self) -> dict[str, MoodleUser]:
+        return {u.username: u for u in self.users}
+
+
+@dataclass(frozen=True)
+class IncidentHelper:
+    moodle: MoodleCLI
+    inv: Inventory
+    script: str = HELPER    # a path for tests that run an uninstalled copy
+
+    def _schools_payload(self) -> list[dict[str, str]]:
+        return [{"code": s.code, "cohort_idnumber": s.cohort_idnumber, "category_idnumber": s.category_idnumber}
+                for s in self.inv.schools]
+
+    def read(self, *, expand: tuple[School, ...] = (), usernames: tuple[str, ...] = (),
+             userids: tuple[int, ...] = (), categories: tuple[str, ...] = (),
+             hosted: bool = False) -> Snapshot:
+        rules = self.inv.platform.accounts
+        answer = self.moodle.tool(self.script, payload={
+            "action": "read",
+            # Every school, so each user comes back with all the schools they belong to.
+            "schools": self._schools_payload(),
+            "membership_method": self.inv.platform.membership_method,
+            "membership_profile_field": self.inv.platform.membership_profile_field,
+            "account_type_field": rules.account_type_field,
+            "expand_schools": [s.code for s in expand],
+            "usernames": list(usernames),
+            "userids": list(userids),
+            "categories": list(categories),
+            "hosted_types": list(rules.hosted_types) if hosted else [],
+        })
+        return Snapshot(
+            users=tuple(MoodleUser.of(r) for r in answer["users"]),
+            missing_usernames=tuple(answer["missing_usernames"]),
+            school_problems={code: s["problem"] for code, s in answer["schools"].items() if s["problem"]},
+            categories=dict(answer["categories"] or {}),
+            platform=dict(answer["platform"]),
+            account_type_field_exists=bool(answer["account_type_field_exists"]),
+        )
+
+    def apply(self, changes: list[dict[str, Any]], *, dry_run: bool, force: bool = False) -> list[dict[str, Any]]:
+        """Results in the order of `changes`: {kind, id, before, after, status}; status is
+        changed | would_change | unchanged | drift | gone."""
+        if not changes:
+            return []
+        answer = self.moodle.tool(self.script, payload={
+            "action": "apply", "changes": changes, "dry_run": dry_run, "force": force})
+        results: list[dict[str, Any]] = answer["results"]
+        return results

@@ -1,0 +1,69 @@
+"""Load tests stay on this machine unless explicitly forced."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from moodleops.loadtests.fixture import LoadtestError, check_prefix, guard_inventory, guard_target
+from moodleops.loadtests.forms import find_form
+
+from moodleops.cli import main
+from moodleops.inventory import load_inventory
+
+
+def test_prepare_and_cleanup_refuse_a_production_inventory(tmp_path: Path, capsys) -> None:
+    rc = main(["--inventory", "production", "loadtest", "prepare", "--prefix", "ltguard1",
+               "--fixture-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.startswith("moodleops: error: inventory 'production' is not loopback-only")
+    assert "--force-production" in err
+    assert list(tmp_path.iterdir()) == []       # nothing recorded, nothing created
+    rc = main(["--inventory", "production", "loadtest", "cleanup", "--prefix", "ltguard1", "--yes",
+               "--fixture-dir", str(tmp_path)])
+    assert rc == 2 and "not loopback-only" in capsys.readouterr().err
+
+
+def test_guard_functions() -> None:
+    with pytest.raises(LoadtestError):
+        guard_inventory(load_inventory("production"), False, "prepare")
+    guard_inventory(load_inventory("production"), True, "prepare")      # forced
+    guard_inventory(load_inventory("local"), False, "prepare")
+    assert guard_target("http://127.0.0.1:8080/", False) == "http://127.0.0.1:8080"
+    assert guard_target("http://[::1]:8080", False) == "http://[::1]:8080"
+    for url in ("https://moodle.univ-toulouse.fr", "http://10.0.0.5:8080", "http://127.example.org"):
+        with pytest.raises(LoadtestError, match="not a loopback address"):
+            guard_target(url, False)
+    for prefix in ("admin", "lt", "lt-x1y2", "LTABC1", "lt" + "a" * 21):
+        with pytest.raises(LoadtestError, match="--prefix"):
+            check_prefix(prefix)
+
+
+def test_run_refuses_a_remote_target(tmp_path: Path, capsys) -> None:
+    rc = main(["loadtest", "run", "--prefix", "ltguard1", "--shape", "smoke", "--target",
+               "http://192.0.2.10", "--fixture-dir", str(tmp_path), "--results", str(tmp_path / "r")])
+    assert rc == 2
+    assert "192.0.2.10" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_run_rejects_a_bad_shape(capsys) -> None:
+    assert main(["loadtest", "run", "--prefix", "ltguard1", "--shape", "lunch"]) == 2
+    assert "lunch" in capsys.readouterr().err
+
+
+def test_forms_send_what_a_browser_sends() -> None:
+    html = """<form action="/mod/quiz/processattempt.php" method="post">
+      <input type="hidden" name="attempt" value="7"><input type="hidden" name="slots" value="1">
+      <input type="radio" name="q1:1_answer" value="1"><input type="radio" name="q1:1_answer" value="0">
+      <input type="checkbox" name="flag" value="1">
+      <textarea name="note">hi &amp; bye</textarea>
+      <select name="s"><option value="a">A</option><option value="b" selected>B</option></select>
+      <input type="submit" name="next" value="Next page"><input type="submit" name="previous" value="Back">
+    </form>"""
+    form = find_form(html, action_contains="processattempt.php", has_field="slots")
+    assert form is not None
+    sent = form.submission(button="next")
+    assert sent == [("attempt", "7"), ("slots", "1"), ("note", "hi & bye"), ("s", "b"),
+                    ("q1:1_answer", "1"), ("next", "Next page")]

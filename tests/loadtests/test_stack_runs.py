@@ -1,0 +1,98 @@
+"""Short, bounded runs of every flow against the real local stack
+(127.0.0.1:8080, a dozen users, about a minute in all), checked in Moodle
+afterwards: submitted quiz attempts, forum replies and uploaded files exist."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+from moodleops.loadtests import fixture as fx
+from moodleops.loadtests.summary import SCHEMA
+
+from moodleops.cli import main
+from moodleops.inventory.loader import is_loopback
+from moodleops.moodle import MoodleCLI
+from moodleops.site import Site
+
+pytestmark = pytest.mark.stack
+SMOKE_USERS = 6          # weights 3:1 -> some students doing every student flow, trainers grading
+EXAM_USERS = 5
+
+
+@pytest.fixture(scope="module")
+def prepared(site: Site, moodle: MoodleCLI, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    # Traffic only to this machine.
+    assert is_loopback(urlsplit(site.wwwroot).hostname or "")
+    fxdir = tmp_path_factory.mktemp("fixtures")
+    prefix = fx.new_prefix()
+    rc = main(["loadtest", "prepare", "--prefix", prefix, "--students", "10", "--trainers", "2",
+               "--questions", "3", "--fixture-dir", str(fxdir)])
+    assert rc == 0
+    yield prefix, fxdir
+    assert main(["loadtest", "cleanup", "--prefix", prefix, "--yes", "--fixture-dir", str(fxdir)]) == 0
+    after = fx.inspect(moodle, prefix)
+    assert after["prepared"] is False and after["users"] == 0
+
+
+def _run(prefix: str, fxdir: Path, results: Path, *args: str) -> tuple[int, dict]:
+    rc = main(["loadtest", "run", "--prefix", prefix, "--fixture-dir", str(fxdir), "--results", str(results),
+               "--think-scale", "0.01", "--quiet", *args])
+    summary = json.loads((results / "summary.json").read_text(encoding="utf-8"))
+    return rc, summary
+
+
+def test_prepare_created_the_fixture(prepared, moodle: MoodleCLI) -> None:
+    prefix, fxdir = prepared
+    state = fx.inspect(moodle, prefix)
+    assert state["prepared"] is True and state["users"] == 12
+    assert state["quiz_attempts_finished"] == 0 and state["forum_posts"] == 0
+    record = json.loads((fxdir / f"{prefix}.json").read_text(encoding="utf-8"))
+    assert oct((fxdir / f"{prefix}.json").stat().st_mode & 0o777) == "0o600"     # it holds a password
+    assert len(record["students"]) == 10 and record["quiz_questions"] == 3
+    # Same prefix twice: refused, nothing changed.
+    assert main(["loadtest", "prepare", "--prefix", prefix, "--fixture-dir", str(fxdir)]) == 2
+
+
+def test_smoke_run_completes_every_flow(prepared, moodle: MoodleCLI, tmp_path: Path) -> None:
+    prefix, fxdir = prepared
+    rc, summary = _run(prefix, fxdir, tmp_path, "--shape", "smoke", "--users", str(SMOKE_USERS),
+                       "--duration", "25")
+    pages = summary["pages"]
+    assert summary["schema"] == SCHEMA and summary["shape"] == "smoke" and summary["users"] == SMOKE_USERS
+    assert summary["totals"]["failures"] == 0, pages
+    students = pages["quiz:submit"]["requests"]
+    assert students >= 1 and pages["grading"]["requests"] >= 1          # both roles ran
+    for page in ("login:post", "ajax:core_calendar_get_action_events_by_timesort",
+                 "ajax:core_course_get_enrolled_courses_by_timeline_classification", "course", "resource",
+                 "forum:discuss", "forum:post", "assign:upload", "assign:save", "quiz:start", "quiz:report",
+                 "logout"):
+        assert pages[page]["requests"] >= 1 and pages[page]["failures"] == 0, page
+    assert (tmp_path / "report.html").is_file() and (tmp_path / "locust_stats.csv").is_file()
+    assert rc == (0 if summary["verdict"]["pass"] else 1)
+    # What Moodle holds afterwards, counted among this run's users only.
+    state = fx.inspect(moodle, prefix)
+    assert state["quiz_attempts_finished"] == students
+    assert state["quiz_attempts_inprogress"] == 0
+    assert state["forum_posts"] == pages["forum:post"]["requests"]
+    assert state["assign_submissions"] == pages["assign:save"]["requests"]
+    assert state["assign_files"] == state["assign_submissions"]
+
+
+def test_exam_takers_start_together_and_all_submit(prepared, moodle: MoodleCLI, tmp_path: Path) -> None:
+    prefix, fxdir = prepared
+    before = fx.inspect(moodle, prefix)["quiz_attempts_finished"]
+    rc, summary = _run(prefix, fxdir, tmp_path, "--shape", "exam", "--users", str(EXAM_USERS),
+                       "--duration", "20")
+    pages = summary["pages"]
+    assert summary["totals"]["failures"] == 0, pages
+    assert pages["quiz:start"]["requests"] == EXAM_USERS
+    assert pages["quiz:submit"]["requests"] == EXAM_USERS
+    state = fx.inspect(moodle, prefix)
+    assert state["quiz_attempts_finished"] - before == EXAM_USERS
+    assert state["quiz_attempts_inprogress"] == 0
+    assert summary["compression"] == pytest.approx(3600 / 20)
+    assert rc == (0 if summary["verdict"]["pass"] else 1)
