@@ -11,6 +11,7 @@ import requests
 
 from moodleops.inventory import Inventory
 from moodleops.moodle import MoodleCLI, MoodleError
+from moodleops.platform.monitoring_health import check_monitoring, endpoints
 from moodleops.site import Site, SiteError, platform_vars
 from moodleops.webclient import LoginFailed, login
 
@@ -87,4 +88,9 @@ def check_health(inv: Inventory, site: Site) -> Health:
         h.lines.append(f"  HTTP     login as admin OK (session alive: {session.is_logged_in()})")
     except (LoginFailed, SiteError, requests.RequestException) as exc:
         h.problems.append(f"HTTP login failed: {exc}")
+    if inv.group("monitoring") and inv.is_loopback_only:   # the daemons listen on the monitoring host's loopback
+        lines, problems, warnings = check_monitoring(endpoints(inv))
+        h.lines += lines
+        h.problems += problems
+        h.warnings += warnings
     return h
