@@ -15,11 +15,11 @@ import time
 from datetime import UTC, date, datetime, timedelta
 
 import numpy as np
-
 from moodleops.capacity import billing
 from moodleops.capacity.config import load_params
 from moodleops.capacity.history import Sample, group
 from moodleops.capacity.planning import Join, plan
+
 from moodleops.inventory import load_inventory
 
 

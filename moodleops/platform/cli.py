@@ -55,6 +55,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     print(f"playbook done in {time.monotonic() - started:.0f} s, {result.total_changed} change(s)")
     if args.check:
         return 0
+    site = site_of(inv)
+    print(f"\nMoodle   {site.wwwroot}  (admin; password: "
+          f"{site.secrets_dir / 'admin_password' if site.secrets_dir else 'from vault'})")
     return cmd_status(args)
 
 
