@@ -24,6 +24,7 @@ AREAS: tuple[str, ...] = (
     "moodleops.capacity.cli",
     "moodleops.incident.cli",
     "moodleops.exporters.storage_cli",
+    "moodleops.backup.cli",
 )
 
 DESCRIPTION = """\

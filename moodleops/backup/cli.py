@@ -1,0 +1,259 @@
+"""`moodleops backup`: platform backups to S3, restore, retention, and the
+schools' end-of-agreement exports."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import date, timedelta
+from typing import Any
+
+from moodleops.backup import manifest, restore, retention
+from moodleops.backup.config import backup_config
+from moodleops.backup.platform_backup import backup_lock, report_json, run_backup
+from moodleops.backup.progress import human_bytes
+from moodleops.backup.s3 import BackupError, client
+from moodleops.backup.school_export import EXPORT_ID, export_school, export_status, reminder_lines
+from moodleops.cli import add_area, add_command
+from moodleops.inventory import load_inventory
+from moodleops.moodle import MoodleError
+from moodleops.site import site_of
+
+EXIT = """\
+exit status:
+  0  done (or dry run shown)
+  1  done with problems (failed courses, pending schools in the reminder window)
+  2  bad input or inventory: nothing changed (one line on stderr naming the bad value)
+  3  the backup, restore or export failed (message names the object or step)
+"""
+
+CREDENTIALS = """\
+S3 credentials come from the usual AWS chain (AWS_ACCESS_KEY_ID and
+AWS_SECRET_ACCESS_KEY, AWS_PROFILE, an instance role), never from the
+inventory. Bucket, region, prefix, retention and the endpoint (empty: AWS;
+MOODLEOPS_BACKUP_S3_ENDPOINT_URL overrides) are backup_* variables of the
+inventory's group_vars. Every object is stored with server-side encryption.
+"""
+
+
+def _err(msg: str) -> int:
+    print(f"moodleops: error: {' '.join(msg.split())}", file=sys.stderr)
+    return 2
+
+
+def _ctx(env: str) -> tuple[Any, Any, Any, Any]:
+    inv = load_inventory(env)
+    cfg = backup_config(inv)
+    return inv, site_of(inv), cfg, client(cfg)
+
+
+def _guard(fn: Any) -> Any:
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return int(fn(args))
+        except (BackupError, MoodleError) as exc:
+            print(f"moodleops: backup failed: {' '.join(str(exc).split())}", file=sys.stderr)
+            return 3
+    return run
+
+
+@_guard
+def cmd_run(args: argparse.Namespace) -> int:
+    inv, site, cfg, s3 = _ctx(args.inventory)
+    with backup_lock(site):
+        rep = run_backup(s3, cfg, inv, site, fresh=args.fresh)
+    if args.format == "json":
+        print(json.dumps(report_json(rep), default=str))
+    else:
+        print("\n".join(rep.lines()))
+    return 1 if rep.blobs.corrupt else 0
+
+
+@_guard
+def cmd_list(args: argparse.Namespace) -> int:
+    _inv, _site, cfg, s3 = _ctx(args.inventory)
+    ids = manifest.list_ids(s3, cfg)
+    keep = retention.kept_ids(ids, cfg.retention) if ids else set()
+    rows = []
+    for bid in reversed(ids):
+        m = manifest.get(s3, cfg, manifest.manifest_key(cfg, bid))
+        rows.append({"id": bid, "key": manifest.manifest_key(cfg, bid), "kept": bid in keep,
+                     "release": m["moodle"]["release"], "db_bytes": m["database"]["size"],
+                     "blobs": m["blobs"]["count"], "blob_bytes": m["blobs"]["bytes"]})
+    if args.format == "json":
+        print(json.dumps(rows))
+        return 0
+    print(f"s3://{cfg.bucket}/{cfg.prefix} ({cfg.region}): {len(rows)} backup(s), retention "
+          f"{cfg.retention.daily} daily / {cfg.retention.weekly} weekly / {cfg.retention.monthly} monthly")
+    for r in rows:
+        print(f"  {r['id']}  {'keep ' if r['kept'] else 'prune'}  db {human_bytes(r['db_bytes']):>10}  "
+              f"{r['blobs']} blobs {human_bytes(r['blob_bytes']):>10}  {r['release']}")
+    return 0
+
+
+@_guard
+def cmd_prune(args: argparse.Namespace) -> int:
+    if args.grace_hours < 0:
+        return _err(f"--grace-hours {args.grace_hours} is not valid (allowed: 0 or more)")
+    _inv, site, cfg, s3 = _ctx(args.inventory)
+    with backup_lock(site):
+        p = retention.plan(s3, cfg, grace=timedelta(hours=args.grace_hours))
+        print(f"keep {len(p.keep)} backup(s): {', '.join(p.keep) or '-'}")
+        print(f"drop {len(p.drop)} backup(s): {', '.join(p.drop) or '-'}")
+        print(f"delete {len(p.keys)} manifest/dump/archive object(s) and {len(p.blobs)} blob(s) "
+              f"({human_bytes(p.blob_bytes)}); {p.blobs_kept} blob(s) kept")
+        if not args.confirm:
+            print("dry run: nothing deleted (add --confirm to delete)")
+            return 0
+        retention.apply(s3, cfg, p)
+        print("deleted")
+    return 0
+
+
+@_guard
+def cmd_restore(args: argparse.Namespace) -> int:
+    _inv, _site, cfg, s3 = _ctx(args.inventory)
+    target_inv = load_inventory(args.target_inventory)
+    target = site_of(target_inv)
+    try:
+        key = manifest.resolve_key(cfg, args.manifest)
+    except BackupError as exc:
+        return _err(str(exc))
+    p = restore.plan(s3, cfg, key, target_inv, target)
+    print(f"restore {key} (backup of {p.manifest['env']}, {p.manifest['site']['wwwroot']}) onto "
+          f"'{target_inv.env}' {target.wwwroot}, database {target.db_name}, {target.dataroot}:")
+    for i, step in enumerate(p.steps, 1):
+        print(f"  {i}. {step}")
+    if not args.confirm:
+        print("dry run: nothing changed (add --confirm to replace the target's data)")
+        return 0
+    with backup_lock(target):
+        rep = restore.apply(s3, cfg, p, target_inv)
+    print("\n".join(rep.lines()))
+    print(f"Moodle serves the restored data at {target.wwwroot}")
+    return 0
+
+
+@_guard
+def cmd_export(args: argparse.Namespace) -> int:
+    if not EXPORT_ID.match(args.export_id):
+        return _err(f"--export-id {args.export_id!r} is not valid (allowed: [a-z0-9-], up to 63 characters)")
+    inv, site, cfg, s3 = _ctx(args.inventory)
+    codes = [s.code for s in inv.schools]
+    for code in args.school:
+        if code not in codes:
+            return _err(f"--school {code!r} is not valid (allowed: {', '.join(codes)})")
+    status = 0
+    reports = []
+    for code in args.school:
+        rep = export_school(s3, cfg, inv, site, inv.school(code), args.export_id)
+        reports.append(rep)
+        status = max(status, 0 if rep.complete else 1)
+        if args.format == "text":
+            print("\n".join(rep.lines()))
+    if args.format == "json":
+        print(json.dumps([r.__dict__ for r in reports], default=str))
+    return status
+
+
+@_guard
+def cmd_export_status(args: argparse.Namespace) -> int:
+    inv, _site, cfg, s3 = _ctx(args.inventory)
+    try:
+        today = date.fromisoformat(args.as_of) if args.as_of else date.today()
+    except ValueError:
+        return _err(f"--as-of {args.as_of!r} is not valid (allowed: a date YYYY-MM-DD)")
+    statuses = export_status(s3, cfg, inv)
+    lines, due = reminder_lines(statuses, cfg, inv.platform.agreement_end, today)
+    if args.format == "json":
+        print(json.dumps({"due": due, "schools": [s.__dict__ for s in statuses]}))
+    else:
+        print("\n".join(lines))
+    return 1 if due else 0
+
+
+def _fmt(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--format", choices=("text", "json"), default="text", help="report format (default: text)")
+
+
+def register(areas: argparse._SubParsersAction) -> None:
+    commands = add_area(
+        areas, "backup", summary="platform backups to S3, verified restores, schools' end-of-agreement exports",
+        description="Platform backups to S3-compatible object storage: the PostgreSQL dump (multipart, "
+                    "resumable), moodledata/filedir as content-addressed blobs (only new ones are sent), the "
+                    "other moodledata folders, and a manifest per run; restores from a manifest; retention; "
+                    "and each school's end-of-agreement export through Moodle's course backup.\n\n" + CREDENTIALS,
+        epilog="examples:\n  moodleops backup run\n  moodleops backup list\n  moodleops backup prune --confirm\n"
+               "  moodleops backup restore --manifest 20290101T020000Z --target-inventory local --confirm\n"
+               "  moodleops backup export --school ifsi_millau\n  moodleops backup export-status\n\n" + EXIT)
+
+    p = add_command(commands, "run", summary="back the platform up now (resumes an interrupted run)",
+                    description="Dump the database (pg_dump -Fc, one consistent snapshot), upload it in parts "
+                                "(an interrupted upload resumes on the next run: ListParts), upload the filedir "
+                                "blobs the bucket lacks (key blobs/<sha1>, sha1 re-read before sending, "
+                                "SHA-256 checked by S3), archive the other moodledata folders (not cache, "
+                                "localcache, temp, sessions, trashdir), then write the manifest. Progress goes "
+                                "to stderr; the report gives sizes, durations and blobs skipped.",
+                    epilog="examples:\n  moodleops backup run\n  moodleops --inventory production backup run "
+                           "--format json\n\n" + EXIT)
+    p.add_argument("--fresh", action="store_true", help="discard an interrupted run instead of resuming it")
+    _fmt(p)
+    p.set_defaults(run=cmd_run)
+
+    p = add_command(commands, "list", summary="backups in the bucket and what retention keeps",
+                    description="Every manifest in the bucket, newest first, with what the retention of the "
+                                "inventory (backup_retention) keeps or would prune.",
+                    epilog="examples:\n  moodleops backup list\n\n" + EXIT)
+    _fmt(p)
+    p.set_defaults(run=cmd_list)
+
+    p = add_command(commands, "prune", summary="apply retention (dry run by default)",
+                    description="Delete the backups retention does not keep (newest per day, ISO week and month, "
+                                "as many as backup_retention says; the newest always), their dump and archive, "
+                                "and the blobs no kept manifest needs. Objects younger than --grace-hours are "
+                                "never deleted (a run in progress writes its manifest last).",
+                    epilog="examples:\n  moodleops backup prune\n  moodleops backup prune --confirm\n\n" + EXIT)
+    p.add_argument("--confirm", action="store_true", help="really delete (default: dry run)")
+    p.add_argument("--grace-hours", type=int, default=48, help="keep objects younger than this (default: 48)")
+    p.set_defaults(run=cmd_prune)
+
+    p = add_command(commands, "restore", summary="restore the platform from a manifest (dry run by default)",
+                    description="Restore a backup onto the Moodle of --target-inventory: everything is verified "
+                                "first (dump and archive sha256, each blob's sha1: a corrupted object stops the "
+                                "restore and is named), then maintenance on, the database replaced, moodledata "
+                                "folders replaced, caches purged, maintenance off. The target must run the "
+                                "same Moodle version as the backup. Its config.php is left as is (the manifest "
+                                "keeps the source's copy for a rebuild by hand).",
+                    epilog="examples:\n  moodleops backup restore --manifest 20290101T020000Z --target-inventory local\n"
+                           "  moodleops backup restore --manifest 20290101T020000Z --target-inventory local "
+                           "--confirm\n\n" + EXIT)
+    p.add_argument("--manifest", required=True, metavar="ID|KEY", help="backup id or manifest key (see list)")
+    p.add_argument("--target-inventory", required=True, metavar="ENV", help="inventory of the Moodle to overwrite")
+    p.add_argument("--confirm", action="store_true", help="really replace the target's data (default: dry run)")
+    p.set_defaults(run=cmd_restore)
+
+    p = add_command(commands, "export", summary="a school's end-of-agreement export (resumable)",
+                    description="Back up every course below the school's category through Moodle (.mbz, with "
+                                "user data if backup_export_user_data says so for the school), upload them under "
+                                "exports/<school>/<export id>/ with manifest.json and SHA256SUMS, and print "
+                                "pre-signed links for the referents (backup_export_link_expiry_hours). A rerun "
+                                "skips the courses already in the bucket.",
+                    epilog="examples:\n  moodleops backup export --school ifsi_millau\n"
+                           "  moodleops backup export --school ifms_lot --school ifms_albi --export-id final-2029\n\n"
+                           + EXIT)
+    p.add_argument("--school", action="append", required=True, metavar="CODE", help="school code (repeatable)")
+    p.add_argument("--export-id", default="end-of-agreement", help="export name (default: %(default)s)")
+    _fmt(p)
+    p.set_defaults(run=cmd_export)
+
+    p = add_command(commands, "export-status", summary="reminder report: schools that have not exported yet",
+                    description="For each school, whether a complete export exists, with the days left before "
+                                "the agreement end (platform.yml) and the reminder stage "
+                                "(backup_export_reminder_days). Exit 1 when schools are pending inside the "
+                                "reminder window: run it from cron and mail the output.",
+                    epilog="examples:\n  moodleops backup export-status\n  moodleops backup export-status "
+                           "--as-of 2029-06-01\n\n" + EXIT)
+    p.add_argument("--as-of", metavar="DATE", help="report as of this date (default: today)")
+    _fmt(p)
+    p.set_defaults(run=cmd_export_status)

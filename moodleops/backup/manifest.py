@@ -1,0 +1,70 @@
+"""The manifest of one platform backup run: everything a restore needs to know
+(database dump, blobs, moodledata archive, Moodle and plugin versions,
+config.php). It is written last, so a manifest in the bucket means a complete
+backup. Stored gzip-compressed as manifests/<id>.json.gz with server-side
+encryption: it holds config.php, hence the database password."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from moodleops.backup.config import BackupConfig
+from moodleops.backup.s3 import BackupError, get_bytes, list_keys, put_bytes
+
+FORMAT = 1
+_SUFFIX = ".json.gz"
+
+
+def new_id(now: datetime | None = None) -> str:
+    return (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
+
+
+def id_time(backup_id: str) -> datetime:
+    return datetime.strptime(backup_id, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+
+
+def manifest_key(cfg: BackupConfig, backup_id: str) -> str:
+    return cfg.key("manifests", backup_id + _SUFFIX)
+
+
+def resolve_key(cfg: BackupConfig, given: str) -> str:
+    """Accept a backup id (20290101T020000Z), a file name or a full key."""
+    name = given.rsplit("/", 1)[-1].removesuffix(_SUFFIX)
+    try:
+        id_time(name)
+    except ValueError as exc:
+        raise BackupError(f"--manifest {given!r} is not a backup id or manifest key "
+                          f"(allowed: an id like 20290101T020000Z or {cfg.key('manifests', '<id>' + _SUFFIX)}; "
+                          f"see `moodleops backup list`)") from exc
+    return manifest_key(cfg, name)
+
+
+def put(s3: Any, cfg: BackupConfig, manifest: dict[str, Any]) -> str:
+    key = manifest_key(cfg, manifest["id"])
+    put_bytes(s3, cfg, key, gzip.compress(json.dumps(manifest, indent=1, sort_keys=True).encode()),
+              content_type="application/gzip")
+    return key
+
+
+def get(s3: Any, cfg: BackupConfig, key: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(gzip.decompress(get_bytes(s3, cfg, key)))
+    if data.get("format") != FORMAT:
+        raise BackupError(f"{key}: manifest format {data.get('format')!r} is not supported (expected {FORMAT})")
+    return data
+
+
+def list_ids(s3: Any, cfg: BackupConfig) -> list[str]:
+    """Backup ids with a manifest, oldest first."""
+    prefix = cfg.key("manifests", "")
+    ids = []
+    for key in list_keys(s3, cfg, prefix):
+        name = key[len(prefix):].removesuffix(_SUFFIX)
+        try:
+            id_time(name)
+        except ValueError:
+            continue
+        ids.append(name)
+    return sorted(ids)

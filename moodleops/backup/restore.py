@@ -1,0 +1,164 @@
+"""Restore a whole platform from one manifest onto a target site (any
+inventory: the production web node after a disaster, a rehearsal instance).
+
+Everything that can be checked is checked before the target changes: the
+manifest, the target's code version, the dump's and the archive's sha256, and
+every blob's sha1 (blobs go into filedir first, where extra content-addressed
+files are harmless). Only then: maintenance on, database replaced, the other
+moodledata folders replaced, caches purged, maintenance off."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tarfile
+import time
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from moodleops.backup import database, manifest
+from moodleops.backup.blobs import FetchReport, fetch_blobs
+from moodleops.backup.config import BackupConfig
+from moodleops.backup.progress import Progress, human_bytes, human_seconds
+from moodleops.backup.s3 import BackupError
+from moodleops.inventory import Inventory
+from moodleops.moodle import MoodleCLI, MoodleError
+from moodleops.site import Site
+
+
+@dataclass
+class RestorePlan:
+    manifest_key: str
+    manifest: dict[str, Any]
+    target: Site
+    steps: list[str] = field(default_factory=list)
+
+
+def plan(s3: Any, cfg: BackupConfig, key: str, inv: Inventory, site: Site) -> RestorePlan:
+    m = manifest.get(s3, cfg, key)
+    have = Decimal(str(m["moodle"]["version"]))
+    if have != inv.core.version:
+        # Moodle refuses a database newer than its code, and an older one means an
+        # upgrade: both belong to `platform upgrade`, not to a restore.
+        raise BackupError(f"manifest {key} is Moodle {m['moodle']['version']} ({m['moodle']['release']}) but the "
+                          f"target inventory '{inv.env}' pins core {inv.core.version_text}: deploy the same "
+                          f"version first, or restore another manifest")
+    b = m["blobs"]
+    p = RestorePlan(manifest_key=key, manifest=m, target=site)
+    p.steps = [
+        f"download and verify the database dump {m['database']['key']} ({human_bytes(m['database']['size'])})",
+        f"download and verify the moodledata archive {m['moodledata']['key']} ({', '.join(m['moodledata']['included'])})",
+        (f"put back {b['count']} filedir blobs ({human_bytes(b['bytes'])}) into {site.dataroot / 'filedir'}, "
+        f"each checked against its sha1"),
+        f"CLI maintenance ON at {site.wwwroot}",
+        f"replace database {site.db_name} by the dump (Moodle {m['moodle']['release']})",
+        f"replace moodledata folders {', '.join(m['moodledata']['included'])} in {site.dataroot}",
+        "purge Moodle caches, CLI maintenance OFF",
+    ]
+    return p
+
+
+def _download_verified(s3: Any, cfg: BackupConfig, key: str, sha256: str, size: int, out: Path) -> None:
+    progress = Progress(key.rsplit("/", 1)[-1], size)
+    body = s3.get_object(Bucket=cfg.bucket, Key=key)["Body"]
+    h = hashlib.sha256()
+    with open(out, "wb") as fh:
+        while chunk := body.read(1024 * 1024):
+            h.update(chunk)
+            fh.write(chunk)
+            progress.add(len(chunk))
+    if h.hexdigest() != sha256:
+        out.unlink()
+        raise BackupError(f"s3://{cfg.bucket}/{key} is corrupted: sha256 {h.hexdigest()}, the manifest says {sha256} "
+                          f"(nothing on the target was changed)")
+
+
+def _owner_and_modes(dataroot: Path, web_user: str) -> tuple[int, int, int, int]:
+    import pwd
+    if dataroot.is_dir():
+        st = dataroot.stat()
+        dir_mode = st.st_mode & 0o7777
+        return st.st_uid, st.st_gid, dir_mode, dir_mode & 0o666
+    pw = pwd.getpwnam(web_user)
+    return pw.pw_uid, pw.pw_gid, 0o2770, 0o660
+
+
+def _chown_tree(path: Path, uid: int, gid: int, dir_mode: int, file_mode: int) -> None:
+    for root, dirs, files in os.walk(path):
+        os.chown(root, uid, gid)
+        os.chmod(root, dir_mode)
+        for f in files:
+            fp = os.path.join(root, f)
+            os.chown(fp, uid, gid, follow_symlinks=False)
+            os.chmod(fp, file_mode)
+
+
+@dataclass
+class RestoreReport:
+    manifest_key: str
+    blobs: FetchReport
+    seconds: float
+
+    def lines(self) -> list[str]:
+        b = self.blobs
+        return [f"restored {self.manifest_key}",
+                f"  filedir: {b.fetched} blobs fetched ({human_bytes(b.fetched_bytes)}), {b.present} already present",
+                f"  duration: {human_seconds(self.seconds)}"]
+
+
+def apply(s3: Any, cfg: BackupConfig, p: RestorePlan, inv: Inventory) -> RestoreReport:
+    started = time.monotonic()
+    site, m = p.target, p.manifest
+    work = site.state_dir / "backup" / "restore" / m["id"]
+    work.mkdir(parents=True, exist_ok=True)
+    os.chmod(work, 0o700)
+    dump = work / "db.dump"
+    tar_path = work / "moodledata.tar.gz"
+    _download_verified(s3, cfg, m["database"]["key"], m["database"]["sha256"], m["database"]["size"], dump)
+    _download_verified(s3, cfg, m["moodledata"]["key"], m["moodledata"]["sha256"], m["moodledata"]["size"], tar_path)
+
+    uid, gid, dir_mode, file_mode = _owner_and_modes(site.dataroot, site.web_user)
+    if not site.dataroot.is_dir():
+        site.dataroot.mkdir(parents=True)
+        os.chown(site.dataroot, uid, gid)
+        os.chmod(site.dataroot, dir_mode)
+    filedir = site.dataroot / "filedir"
+    if not filedir.is_dir():
+        filedir.mkdir()
+        os.chown(filedir, uid, gid)
+        os.chmod(filedir, dir_mode)
+    blobs = fetch_blobs(s3, cfg, filedir, m["blobs"]["sha1"], uid=uid, gid=gid, file_mode=file_mode,
+                        dir_mode=dir_mode)
+
+    moodle = MoodleCLI(site)
+    try:
+        moodle.run("admin/cli/maintenance.php", "--enable")
+    except MoodleError:
+        # No usable database on the target (the very case a restore is for): Moodle
+        # cannot run its CLI, but its CLI maintenance switch is only this file.
+        flag = site.dataroot / "climaintenance.html"
+        flag.write_text("<h1>Restoring from backup</h1>")
+        os.chown(flag, uid, gid)
+    database.restore(site, inv, dump)
+    for name in m["moodledata"]["included"]:
+        target = site.dataroot / name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        elif target.exists() or target.is_symlink():
+            target.unlink()
+    with tarfile.open(tar_path, "r:gz") as tar:
+        tar.extractall(site.dataroot, filter="data")
+    for name in m["moodledata"]["included"]:
+        target = site.dataroot / name
+        if target.is_dir():
+            _chown_tree(target, uid, gid, dir_mode, file_mode)
+        elif target.exists():
+            os.chown(target, uid, gid)
+            os.chmod(target, file_mode)
+    moodle.run("admin/cli/purge_caches.php")
+    moodle.run("admin/cli/maintenance.php", "--disable")
+    shutil.rmtree(work, ignore_errors=True)
+    return RestoreReport(manifest_key=p.manifest_key, blobs=blobs, seconds=time.monotonic() - started)

@@ -1,0 +1,84 @@
+"""Which backups to keep (newest of each of the last N days, ISO weeks and
+months that have a backup, as counted in the inventory) and what pruning may
+delete: manifests not kept, their dump and archive, and blobs that no kept
+manifest lists. Objects younger than the grace period are never deleted: they
+may belong to a run still in progress (its manifest is written last)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from moodleops.backup import manifest
+from moodleops.backup.config import BackupConfig, Retention
+from moodleops.backup.s3 import delete_keys, list_keys
+
+GRACE = timedelta(hours=48)
+
+
+def kept_ids(ids: list[str], r: Retention) -> set[str]:
+    newest_first = sorted(ids, reverse=True)
+    keep: set[str] = set(newest_first[:1])   # the newest backup is always kept
+    for count, bucket_of in ((r.daily, lambda t: t.date()),
+                             (r.weekly, lambda t: t.isocalendar()[:2]),
+                             (r.monthly, lambda t: (t.year, t.month))):
+        seen: list[object] = []
+        for bid in newest_first:
+            b = bucket_of(manifest.id_time(bid))
+            if b in seen:
+                continue
+            if len(seen) == count:
+                break
+            seen.append(b)
+            keep.add(bid)
+    return keep
+
+
+@dataclass
+class PrunePlan:
+    keep: list[str]
+    drop: list[str]
+    keys: list[str]          # objects to delete: manifests, dumps, archives, orphans
+    blobs: list[str]         # blob keys to delete
+    blob_bytes: int
+    blobs_kept: int
+
+
+def plan(s3: Any, cfg: BackupConfig, *, now: datetime | None = None, grace: timedelta = GRACE) -> PrunePlan:
+    now = now or datetime.now(UTC)
+    ids = manifest.list_ids(s3, cfg)
+    keep = kept_ids(ids, cfg.retention) if ids else set()
+    drop = [i for i in ids if i not in keep]
+    needed: set[str] = set()
+    kept_objects: set[str] = set()
+    for bid in keep:
+        m = manifest.get(s3, cfg, manifest.manifest_key(cfg, bid))
+        needed.update(m["blobs"]["sha1"])
+        kept_objects.update({m["database"]["key"], m["moodledata"]["key"], manifest.manifest_key(cfg, bid)})
+    keys: list[str] = []
+    for area in ("manifests", "db", "moodledata"):
+        for key, meta in list_keys(s3, cfg, cfg.key(area, "")).items():
+            if key not in kept_objects and now - meta["last_modified"] > grace:
+                keys.append(key)
+            elif key not in kept_objects and area == "manifests":
+                keys.append(key)     # a manifest not kept is dropped whatever its age
+    blob_prefix = cfg.key("blobs", "")
+    blobs, nbytes, kept = [], 0, 0
+    for key, meta in list_keys(s3, cfg, blob_prefix).items():
+        if key[len(blob_prefix):] in needed or now - meta["last_modified"] <= grace:
+            kept += 1
+            continue
+        blobs.append(key)
+        nbytes += meta["size"]
+    return PrunePlan(keep=sorted(keep), drop=drop, keys=sorted(keys), blobs=sorted(blobs), blob_bytes=nbytes,
+                     blobs_kept=kept)
+
+
+def apply(s3: Any, cfg: BackupConfig, p: PrunePlan) -> None:
+    # Manifests first: a crash half-way leaves unreferenced objects (pruned next
+    # time), never a manifest pointing at deleted blobs.
+    manifests = [k for k in p.keys if "/manifests/" in "/" + k]
+    delete_keys(s3, cfg, manifests)
+    delete_keys(s3, cfg, [k for k in p.keys if k not in manifests])
+    delete_keys(s3, cfg, p.blobs)

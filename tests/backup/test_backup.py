@@ -1,0 +1,312 @@
+"""Backups to S3 (moto in server mode on loopback, a real S3 API) of a
+rehearsal Moodle installed beside the main stack, and destructive restores
+onto that rehearsal only: the main stack (:8080, database `moodle`) is never
+touched. Tests run in order and share one rehearsal and one bucket."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+import requests
+import yaml
+from restoretest_stack import DB, SHARED, Rehearsal, build_inventory, provision, psql, remove_rehearsal
+
+from moodleops.backup import manifest, retention
+from moodleops.backup.blobs import scan_filedir
+from moodleops.backup.config import BackupConfig, Retention, backup_config
+from moodleops.backup.multipart import upload_file
+from moodleops.backup.platform_backup import run_backup
+from moodleops.backup.s3 import client, list_keys
+from moodleops.cli import main
+from moodleops.inventory import load_inventory
+from moodleops.platform.provision import provisioning_lock
+from moodleops.site import site_of
+from moodleops.webclient import login
+
+pytestmark = pytest.mark.stack
+
+HERE = Path(__file__).resolve().parent
+TAG = "t" + uuid.uuid4().hex[:8]
+PASSWORD = "Bk-" + uuid.uuid4().hex[:10] + "!"
+BUCKET = "moodleops-backup-test"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def moto_url() -> Iterator[str]:
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    mp = pytest.MonkeyPatch()
+    mp.setenv("AWS_ACCESS_KEY_ID", "moodleops-test")
+    mp.setenv("AWS_SECRET_ACCESS_KEY", "moodleops-test")
+    mp.delenv("AWS_PROFILE", raising=False)
+    try:
+        for _ in range(100):
+            try:
+                requests.get(url, timeout=1)
+                break
+            except requests.ConnectionError:
+                time.sleep(0.1)
+        boto3.client("s3", endpoint_url=url, region_name="eu-west-3").create_bucket(
+            Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": "eu-west-3"})
+        yield url
+    finally:
+        mp.undo()
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, provisioned: object, moto_url: str) -> Iterator[Rehearsal]:
+    root = tmp_path_factory.mktemp("restoretest-inventory")
+    r = build_inventory(root, {
+        "backup_s3_bucket": BUCKET, "backup_s3_endpoint_url": moto_url, "backup_s3_prefix": f"{TAG}/",
+        "backup_part_size_mb": 5, "backup_workers": 4,
+        "backup_retention": {"daily": 1, "weekly": 0, "monthly": 0},
+    })
+    # A school of the test's own, whose category the fixture creates in the rehearsal.
+    schools = yaml.safe_load((root / "schools.yml").read_text())
+    schools["schools"].append({"code": f"bk_{TAG}", "name": f"Backup school {TAG}",
+                               "category_idnumber": f"BK-SCH-{TAG}", "students": 1, "trainers": 1,
+                               "referents": [f"ref-{TAG}@example.invalid"]})
+    (root / "schools.yml").write_text(yaml.safe_dump(schools, sort_keys=False))
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MOODLEOPS_ARTIFACTS", str(SHARED))
+    mp.delenv("MOODLEOPS_BACKUP_S3_ENDPOINT_URL", raising=False)
+    with provisioning_lock():
+        provision(r)
+    try:
+        data(r, "create")
+        yield r
+    finally:
+        mp.undo()
+        with provisioning_lock():
+            remove_rehearsal()
+
+
+def data(r: Rehearsal, mode: str) -> dict[str, Any]:
+    out: dict[str, Any] = r.moodle().tool(str(HERE / "backup_data.php"),
+                                          payload={"mode": mode, "tag": TAG, "password": PASSWORD})
+    return out
+
+
+def ctx(r: Rehearsal) -> tuple[Any, BackupConfig, Any, Any]:
+    inv = load_inventory(str(r.env))
+    cfg = backup_config(inv)
+    return inv, cfg, client(cfg), site_of(inv)
+
+
+def cli(r: Rehearsal, *argv: str) -> int:
+    return main(["--inventory", str(r.env), "backup", *argv])
+
+
+def test_1_backup_then_incremental_sends_only_new_blobs(stack: Rehearsal) -> None:
+    inv, cfg, s3, site = ctx(stack)
+    first = run_backup(s3, cfg, inv, site)
+    local1 = scan_filedir(site.dataroot / "filedir")
+    in_bucket = set(list_keys(s3, cfg, cfg.key("blobs", "")))
+    assert {cfg.key("blobs", h) for h in local1} <= in_bucket
+    assert first.blobs.uploaded == len(local1) and first.blobs.skipped == 0
+    m1 = manifest.get(s3, cfg, first.manifest_key)
+    assert set(m1["blobs"]["sha1"]) >= set(local1)
+    assert m1["moodle"]["release"].startswith("4.1") and m1["moodle"]["plugins"]
+    assert m1["config_php"].startswith("<?php") and "moodle_restoretest" in m1["config_php"]
+    head = s3.head_object(Bucket=cfg.bucket, Key=first.manifest_key)
+    assert head["ServerSideEncryption"] == "AES256"
+
+    # New content through Moodle, then a second run: only it is sent.
+    stack.moodle().tool(str(HERE / "backup_data.php"), payload={"mode": "create", "tag": TAG + "b",
+                                                               "password": PASSWORD})
+    local2 = scan_filedir(site.dataroot / "filedir")
+    new = set(local2) - set(local1)
+    assert new
+    time.sleep(1)   # backup ids have a one-second resolution
+    second = run_backup(s3, cfg, inv, site)
+    assert second.blobs.uploaded == len(new)
+    assert second.blobs.skipped == len(local2) - len(new)
+    assert set(list_keys(s3, cfg, cfg.key("blobs", ""))) == in_bucket | {cfg.key("blobs", h) for h in new}
+    print(f"first: {first.blobs.uploaded} blobs sent; second: {second.blobs.uploaded} sent, "
+          f"{second.blobs.skipped} skipped")
+
+
+def test_2_interrupted_upload_resumes(stack: Rehearsal, tmp_path: Path) -> None:
+    inv, cfg, s3, site = ctx(stack)
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(12 * 1024 * 1024))          # 3 parts of 5 MiB
+    state = tmp_path / "upload.json"
+    key = cfg.key("test", "big.bin")
+
+    class Cut(Exception):
+        pass
+
+    def cut_after_2(n: int) -> None:
+        if n == 2:
+            raise Cut
+
+    with pytest.raises(Cut):
+        upload_file(s3, cfg, big, key, state, on_part=cut_after_2)
+    assert state.exists()
+    sent: list[int] = []
+    res = upload_file(s3, cfg, big, key, state, on_part=sent.append)
+    assert res.parts == 3 and res.parts_resumed == 2 and sent == [3]
+    body = s3.get_object(Bucket=cfg.bucket, Key=key)["Body"].read()
+    assert hashlib.sha256(body).hexdigest() == hashlib.sha256(big.read_bytes()).hexdigest() == res.sha256
+
+    # A whole run cut during the dump upload: the next run resumes it (same id, same dump).
+    def cut(n: int) -> None:
+        raise Cut
+
+    with pytest.raises(Cut):
+        run_backup(s3, cfg, inv, site, on_dump_part=cut)
+    run = json.loads((site.state_dir / "backup" / "run.json").read_text())
+    rep = run_backup(s3, cfg, inv, site)
+    assert rep.resumed and rep.id == run["id"] and rep.db_parts_resumed == 1
+
+
+def test_3_wipe_and_restore_serves_the_same_course_user_and_file(stack: Rehearsal,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    _inv, cfg, s3, site = ctx(stack)
+    before = data(stack, "read")
+    assert before["course"] and before["user"] and before["file"]
+    latest = manifest.list_ids(s3, cfg)[-1]
+    # Dry run by default: nothing changes.
+    assert cli(stack, "restore", "--manifest", latest, "--target-inventory", str(stack.env)) == 0
+    assert "dry run" in capsys.readouterr().out
+    # Disaster on the rehearsal (only): database and moodledata gone.
+    psql(f'DROP DATABASE "{DB}" WITH (FORCE)')
+    subprocess.run(["rm", "-rf", str(site.dataroot)], check=True)
+    assert cli(stack, "restore", "--manifest", latest, "--target-inventory", str(stack.env), "--confirm") == 0
+    after = data(stack, "read")
+    assert after == before
+    # Moodle serves them: the user logs in over HTTP and the file downloads intact.
+    session = login(site.wwwroot, before["user"]["username"], PASSWORD)
+    assert session.is_logged_in()
+    got = session.http.get(before["file"]["url"], timeout=30)
+    assert got.status_code == 200
+    assert hashlib.sha1(got.content).hexdigest() == before["file"]["sha1"]
+    admin = login(site.wwwroot, "admin", site.secret("admin_password"))
+    page = admin.http.get(f"{site.wwwroot}/course/view.php?id={before['course']['id']}", timeout=30)
+    assert page.status_code == 200 and before["course"]["fullname"] in page.text
+
+
+def test_4_corrupted_object_is_detected_and_named(stack: Rehearsal, capsys: pytest.CaptureFixture[str]) -> None:
+    _inv, cfg, s3, site = ctx(stack)
+    before = data(stack, "read")
+    sha1 = before["file"]["sha1"]
+    key = cfg.key("blobs", sha1)
+    good = s3.get_object(Bucket=cfg.bucket, Key=key)["Body"].read()
+    s3.put_object(Bucket=cfg.bucket, Key=key, Body=b"bit rot" + good[7:])
+    local = site.dataroot / "filedir" / sha1[:2] / sha1[2:4] / sha1
+    local.unlink()        # so that the restore has to fetch it
+    latest = manifest.list_ids(s3, cfg)[-1]
+    capsys.readouterr()
+    assert cli(stack, "restore", "--manifest", latest, "--target-inventory", str(stack.env), "--confirm") == 3
+    err = capsys.readouterr().err
+    assert key in err and "corrupted" in err
+    # Nothing else was touched: the database still answers, maintenance is off.
+    assert data(stack, "read")["course"] == before["course"]
+    assert not (site.dataroot / "climaintenance.html").exists()
+    s3.put_object(Bucket=cfg.bucket, Key=key, Body=good)
+    assert cli(stack, "restore", "--manifest", latest, "--target-inventory", str(stack.env), "--confirm") == 0
+    assert hashlib.sha1(local.read_bytes()).hexdigest() == sha1
+
+
+def test_5_school_export_restores_through_moodle(stack: Rehearsal, capsys: pytest.CaptureFixture[str]) -> None:
+    _inv, _cfg, _s3, site = ctx(stack)
+    code = f"bk_{TAG}"
+    capsys.readouterr()
+    assert cli(stack, "export", "--school", code, "--format", "json") == 0
+    rep = json.loads(capsys.readouterr().out)[0]
+    assert sorted(c["shortname"] for c in rep["exported"]) == [f"bk-sch1-{TAG}", f"bk-sch2-{TAG}"]
+    assert rep["failed"] == [] and rep["user_data"] is False
+    # Rerun: nothing is redone.
+    assert cli(stack, "export", "--school", code, "--format", "json") == 0
+    again = json.loads(capsys.readouterr().out)[0]
+    assert again["exported"] == [] and len(again["already"]) == 2
+    # The referents' links work and the checksums match.
+    links = again["links"]
+    sums_key = next(k for k in links if k.endswith("SHA256SUMS"))
+    sums = requests.get(links[sums_key], timeout=30).text
+    mbz_key = next(k for k in links if f"bk-sch1-{TAG}" in k)
+    mbz = requests.get(links[mbz_key], timeout=60).content
+    assert f"{hashlib.sha256(mbz).hexdigest()}  courses/{mbz_key.rsplit('/', 1)[-1]}" in sums
+    man = json.loads(requests.get(links[next(k for k in links if k.endswith("manifest.json"))], timeout=30).text)
+    assert man["complete"] and man["user_data"] is False and len(man["courses"]) == 2
+    # Moodle restores it into a fresh course.
+    path = site.dataroot / "temp" / f"restore-{TAG}.mbz"     # readable by the web user
+    path.write_bytes(mbz)
+    os.chmod(path, 0o644)
+    cat = data(stack, "read")["school_category"]["id"]
+    out = stack.moodle().run("admin/cli/restore_backup.php", f"--file={path}", f"--categoryid={cat}").stdout
+    path.unlink()
+    assert "Restored course ID" in out or "restored" in out.lower(), out
+    # Moodle names the restored course "<fullname> copy 1" and renames its shortname.
+    rows = psql(f"SELECT c.id FROM mdl_course c WHERE c.category = {cat} "
+                f"AND c.fullname LIKE 'School course 1 {TAG}%'", db=DB).split()
+    assert len(rows) == 2
+    pages = psql(f"SELECT count(*) FROM mdl_page WHERE course = {max(map(int, rows))} AND name = 'Page {TAG}'", db=DB)
+    assert pages.strip() == "1"
+    # Reminder report: this school is exported, the others are pending near the end.
+    capsys.readouterr()
+    assert cli(stack, "export-status", "--as-of", "2029-08-01", "--format", "json") == 1
+    status = {s["code"]: s for s in json.loads(capsys.readouterr().out)["schools"]}
+    assert status[code]["exported"] and not status["ifsi_millau"]["exported"]
+    assert cli(stack, "export-status", "--as-of", "2026-01-01") == 0
+
+
+def test_6_pruning_keeps_every_blob_a_kept_manifest_needs(stack: Rehearsal) -> None:
+    _inv, cfg0, s3, _site = ctx(stack)
+    cfg = replace(cfg0, prefix=f"{TAG}-prune/", retention=Retention(daily=3, weekly=2, monthly=0))
+    blobs = {f"{i:040x}": f"blob {i}".encode() for i in range(12)}
+    for sha, body in blobs.items():
+        s3.put_object(Bucket=cfg.bucket, Key=cfg.key("blobs", sha), Body=body)
+    names = sorted(blobs)
+    # Ten daily backups; backup n needs blobs n and n+1, and every backup needs blob 11.
+    ids = [f"202901{d:02d}T020000Z" for d in range(1, 11)]
+    for n, bid in enumerate(ids):
+        need = [names[n], names[n + 1], names[11]]
+        for area, ext in (("db", ".dump"), ("moodledata", ".tar.gz")):
+            s3.put_object(Bucket=cfg.bucket, Key=cfg.key(area, bid + ext), Body=b"x")
+        manifest.put(s3, cfg, {"format": manifest.FORMAT, "id": bid, "blobs": {"sha1": need},
+                               "database": {"key": cfg.key("db", bid + ".dump")},
+                               "moodledata": {"key": cfg.key("moodledata", bid + ".tar.gz")}})
+    p = retention.plan(s3, cfg, grace=timedelta(0))
+    # Newest of each of the last 3 days, and of the last 2 ISO weeks (2029-01-07 ends week 1).
+    assert set(p.keep) == {ids[9], ids[8], ids[7], ids[6]}
+    retention.apply(s3, cfg, p)
+    left = {k.rsplit("/", 1)[-1] for k in list_keys(s3, cfg, cfg.key("blobs", ""))}
+    for bid in p.keep:
+        m = manifest.get(s3, cfg, manifest.manifest_key(cfg, bid))
+        assert set(m["blobs"]["sha1"]) <= left, bid
+        assert list_keys(s3, cfg, m["database"]["key"])
+    assert names[0] not in left and names[11] in left
+    assert manifest.list_ids(s3, cfg) == sorted(p.keep)
+
+    # The real backups: prune with daily=1 keeps the newest, and it stays restorable.
+    assert cli(stack, "prune", "--grace-hours", "0", "--confirm") == 0
+    real = manifest.list_ids(s3, cfg0)
+    assert len(real) == 1
+    m = manifest.get(s3, cfg0, manifest.manifest_key(cfg0, real[0]))
+    present = {k.rsplit("/", 1)[-1] for k in list_keys(s3, cfg0, cfg0.key("blobs", ""))}
+    assert set(m["blobs"]["sha1"]) <= present
