@@ -21,7 +21,10 @@ from moodleops.platform.secrets import ensure_local_secrets
 from moodleops.site import Site, site_of
 
 LOCK_FILE = Path("/var/lock/moodleops-provision.lock")
-FINGERPRINTED = ("ansible.cfg", "playbooks", "inventory", "moodleops/php")
+# Everything site.yml reads or deploys: the monitoring role installs the
+# toolkit's own code (moodleops, exporters, ...) on the monitoring host.
+FINGERPRINTED = ("ansible.cfg", "playbooks", "inventory", "moodleops", "exporters", "capacity", "loadtests",
+                 "pyproject.toml", "requirements.txt")
 
 
 def code_fingerprint() -> str:
@@ -32,7 +35,7 @@ def code_fingerprint() -> str:
         paths = [base] if base.is_file() else sorted(p for p in base.rglob("*") if p.is_file())
         for path in paths:
             rel = path.relative_to(REPO_ROOT).as_posix()
-            if "/.secrets/" in rel or "__pycache__" in rel:
+            if "/.secrets/" in rel or "__pycache__" in rel or ".egg-info" in rel:
                 continue
             digest.update(rel.encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()[:16]
