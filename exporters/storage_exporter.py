@@ -5,18 +5,26 @@ A scrape never touches the database or the disk: it formats what the last
 scan left in memory, so any number of Prometheus servers can scrape as often
 as they like and the database sees one scan per interval. When a scan fails
 (database gone, timeout), the last good values keep being served, marked
-stale, and the next scan is simply tried again on schedule."""
+stale, and the next scan is simply tried again on schedule.
+
+Each scan runs in a child process (scan_in_child): the scan is CPU-bound for
+seconds, and in this process it would hold the GIL the HTTP server needs, so
+scrapes during a scan would wait on it (bench/storage_scan.py: p99 337 ms).
+Only this process serves; the child only scans and sends back the result."""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import multiprocessing
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from datetime import time as dtime
+from typing import Any
 
 from moodleops.exporters.storage_model import FiledirStats, ScanConfig, ScanResult
 from moodleops.exporters.storage_scan import ScanError, scan
@@ -27,6 +35,47 @@ from prometheus_client.registry import Collector, CollectorRegistry
 log = logging.getLogger("moodleops.storage")
 
 Scanner = Callable[[ScanConfig], ScanResult]
+
+
+def _scan_child(cfg: ScanConfig, conn: Any) -> None:
+    """Child process body: scan, send ("ok", result), ("error", message) or ("crash", traceback)."""
+    try:
+        conn.send(("ok", scan(cfg)))
+    except ScanError as exc:
+        conn.send(("error", str(exc)))
+    except Exception:  # noqa: BLE001 - a bug: its traceback goes to the parent, which logs it
+        conn.send(("crash", traceback.format_exc()))
+    finally:
+        conn.close()
+
+
+def scan_in_child(cfg: ScanConfig) -> ScanResult:
+    """scan(cfg) in a fresh process; a ScanError there is raised here with the same message.
+
+    'spawn', not fork: this process has threads (HTTP server), and a forked child would
+    inherit their locks in whatever state they were. The cost, ~0.5 s of start-up per
+    scan, is nothing next to the scan interval."""
+    ctx = multiprocessing.get_context("spawn")
+    receiver, sender = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_scan_child, args=(cfg, sender), name="moodleops-storage-scan", daemon=True)
+    proc.start()
+    sender.close()   # ours: only the child's copy stays open, so its death ends recv() with EOFError
+    try:
+        kind, payload = receiver.recv()
+    except EOFError:
+        proc.join(10)
+        raise ScanError(f"storage scan process died without a result (exit status {proc.exitcode})") from None
+    finally:
+        receiver.close()
+    proc.join(30)
+    if proc.is_alive():
+        proc.kill()
+        proc.join()
+    if kind == "ok":
+        return payload   # type: ignore[no-any-return]
+    if kind == "error":
+        raise ScanError(payload)
+    raise RuntimeError(f"storage scan process crashed:\n{payload}")
 
 
 @dataclass(frozen=True)
@@ -52,20 +101,26 @@ class ExporterState:
 
 class StorageExporter:
     def __init__(self, cfg: ScanConfig, policy: PoolPolicy, *, interval_s: float = 900.0,
-                 walk_interval_s: float = 86400.0, scanner: Scanner = scan) -> None:
+                 walk_interval_s: float = 86400.0, scanner: Scanner = scan_in_child) -> None:
         self.cfg = cfg
         self.policy = policy
         self.interval_s = interval_s
         self.walk_interval_s = walk_interval_s
         self._scanner = scanner
         self._lock = threading.Lock()
+        self._scan_lock = threading.Lock()     # one scan at a time, whoever asks
         self._state = ExporterState()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     # --- scanning -----------------------------------------------------------------
     def scan_once(self) -> bool:
-        """One scan; True when it succeeded. Never raises for expected failures."""
+        """One scan; True when it succeeded. Never raises for expected failures.
+        Concurrent calls wait for each other: never two scans at once."""
+        with self._scan_lock:
+            return self._scan_once()
+
+    def _scan_once(self) -> bool:
         with self._lock:
             walk_due = self.cfg.walk_filedir and (time.time() - self._state.filedir_at >= self.walk_interval_s)
         cfg = dataclasses.replace(self.cfg, walk_filedir=walk_due)
