@@ -1,5 +1,4 @@
 #!/usr/bin/python
-# -*- coding: utf-8 -*-
 # GNU General Public License v3.0+
 """Ansible module: assemble an immutable Moodle release directory from pinned archives."""
 
@@ -211,21 +210,21 @@ def build(params: dict, dest: str, name: str) -> dict:
 
 def main() -> None:
     module = AnsibleModule(
-        argument_spec=dict(
-            releases_dir=dict(type="path", required=True),
-            core=dict(type="dict", required=True),
-            plugins=dict(type="list", elements="dict", default=[]),
-            source=dict(type="str", choices=["mirror", "upstream"], default="mirror"),
-            mirror=dict(type="path"),
-            download_dir=dict(type="path", default="/var/cache/moodleops/artifacts"),
-            allow_unsupported_php=dict(type="bool", default=False),
-        ),
+        argument_spec={
+            "releases_dir": {"type": "path", "required": True},
+            "core": {"type": "dict", "required": True},
+            "plugins": {"type": "list", "elements": "dict", "default": []},
+            "source": {"type": "str", "choices": ["mirror", "upstream"], "default": "mirror"},
+            "mirror": {"type": "path"},
+            "download_dir": {"type": "path", "default": "/var/cache/moodleops/artifacts"},
+            "allow_unsupported_php": {"type": "bool", "default": False},
+        },
         supports_check_mode=True,
     )
     p = module.params
     name = release_name(p["core"], p["plugins"], p["allow_unsupported_php"])
     dest = os.path.join(p["releases_dir"], name)
-    result = dict(changed=False, path=dest, name=name)
+    result = {"changed": False, "path": dest, "name": name}
     if os.path.isfile(os.path.join(dest, MARKER)):
         module.exit_json(**result)
     if os.path.exists(dest):

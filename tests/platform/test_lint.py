@@ -31,3 +31,8 @@ def test_every_playbook_parses_for_every_inventory(playbook: str, env: str) -> N
     out = _run(str(BIN / "ansible-playbook"), "--syntax-check", "-i", f"inventory/{env}/hosts.yml",
                f"playbooks/{playbook}")
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+
+
+def test_python_is_ruff_clean() -> None:
+    out = _run(str(BIN / "ruff"), "check", "--output-format", "concise", ".")
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
