@@ -20,7 +20,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from moodleops.capacity import moodle_db
-from moodleops.capacity.errors import CapacityError
+from moodleops.capacity.errors import CapacityError, read_schema_doc
 
 from moodleops.inventory import Inventory
 from moodleops.site import Site
@@ -54,15 +54,7 @@ class Snapshot:
 
     @staticmethod
     def read(path: Path) -> Snapshot:
-        try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise CapacityError(f"billing snapshot {path} does not exist") from None
-        except (OSError, ValueError) as exc:
-            raise CapacityError(f"billing snapshot {path} cannot be read ({exc})") from None
-        if not isinstance(doc, dict) or doc.get("schema") != SNAPSHOT_SCHEMA:
-            raise CapacityError(f"{path}: schema {doc.get('schema') if isinstance(doc, dict) else None!r} "
-                                f"is not valid ({SNAPSHOT_SCHEMA}, written by `capacity billing --save-snapshot`)")
+        doc = read_schema_doc(path, SNAPSHOT_SCHEMA, "billing snapshot", "capacity billing --save-snapshot")
         try:
             members = tuple(Membership(**m) for m in doc["memberships"])
             return Snapshot(int(doc["taken_at"]), str(doc["source"]), str(doc["membership_method"]),

@@ -18,7 +18,7 @@ from pathlib import Path
 from moodleops.capacity import moodle_db
 from moodleops.capacity.billing import _MEMBERS
 from moodleops.capacity.config import ReviewParams
-from moodleops.capacity.errors import CapacityError
+from moodleops.capacity.errors import CapacityError, read_schema_doc
 from moodleops.capacity.forecast import Crossing, Projection
 from moodleops.capacity.history import Series
 from moodleops.capacity.svg import storage_chart
@@ -65,14 +65,7 @@ class ReviewData:
 
     @staticmethod
     def read(path: Path) -> ReviewData:
-        try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise CapacityError(f"review data {path} does not exist") from None
-        except (OSError, ValueError) as exc:
-            raise CapacityError(f"review data {path} cannot be read ({exc})") from None
-        if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
-            raise CapacityError(f"{path}: schema is not valid ({SCHEMA}, written by `capacity review --save-data`)")
+        doc = read_schema_doc(path, SCHEMA, "review data", "capacity review --save-data")
         try:
             return ReviewData(str(doc["school"]), int(doc["taken_at"]), str(doc["source"]),
                               int(doc["logical_bytes"]), tuple(CourseInfo(**c) for c in doc["courses"]),
