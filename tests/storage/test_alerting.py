@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import http.server
 import json
 import re
 import shutil
+import socket
 import subprocess
+import threading
+import time
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
+import requests
 import yaml
 from moodleops.exporters import dashboard
 from moodleops.exporters.alerting import Delivery, alertmanager_config
@@ -93,3 +99,59 @@ def test_dashboard_and_rules_only_use_emitted_metrics(scan_config: ScanConfig) -
     exprs += [r["expr"] for g in yaml.safe_load((RULES / "storage.yml").read_text())["groups"] for r in g["rules"]]
     used = {m for e in exprs for m in re.findall(r"\b((?:moodle_storage|moodleops_exporter)_[a-z_]+|up)\b", e)}
     assert used and used <= emitted, sorted(used - emitted)
+
+
+class _Receiver(http.server.BaseHTTPRequestHandler):
+    """Stands in for e-mail: records which receiver got which alert names."""
+
+    got: ClassVar[list[tuple[str, list[str]]]] = []
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.got.append((self.path.strip("/"), [a["labels"].get("school", "") for a in body["alerts"]]))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.stack
+def test_a_real_alertmanager_delivers_a_school_alert_to_its_referents_only(
+        local_inventory: Inventory, provisioned: object, tmp_path: Path) -> None:
+    receiver = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    port = _free_port()
+    cfg = alertmanager_config(local_inventory, ["sysadmins@example.invalid"],
+                              Delivery(webhook_base=f"http://127.0.0.1:{receiver.server_port}"), group_wait="1s")
+    (tmp_path / "am.yml").write_text(yaml.safe_dump(cfg))
+    am = subprocess.Popen(["/usr/bin/prometheus-alertmanager", f"--config.file={tmp_path / 'am.yml'}",
+                           f"--storage.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}",
+                           "--cluster.listen-address="], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    school = local_inventory.schools[5]
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(f"{base}/-/ready", timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:
+                time.sleep(0.3)
+        alerts = [{"labels": {"alertname": "MoodleSchoolStorageAboveThreshold", "scope": "school",
+                              "school": school.code, "severity": "warning"}},
+                  {"labels": {"alertname": "MoodleStoragePoolAboveWarning", "scope": "pool", "severity": "warning"}}]
+        assert requests.post(f"{base}/api/v2/alerts", json=alerts, timeout=5).status_code == 200
+        while time.monotonic() < deadline and len(_Receiver.got) < 2:
+            time.sleep(0.3)
+    finally:
+        am.terminate()
+        am.wait(timeout=10)
+        receiver.shutdown()
+    assert sorted(_Receiver.got) == sorted([(f"school-{school.code}", [school.code]), ("sysadmins", [""])])
