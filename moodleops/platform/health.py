@@ -88,7 +88,9 @@ def check_health(inv: Inventory, site: Site) -> Health:
         h.lines.append(f"  HTTP     login as admin OK (session alive: {session.is_logged_in()})")
     except (LoginFailed, SiteError, requests.RequestException) as exc:
         h.problems.append(f"HTTP login failed: {exc}")
-    if inv.group("monitoring") and inv.is_loopback_only:   # the daemons listen on the monitoring host's loopback
+    # The daemons listen on the monitoring host's loopback; a rehearsal Moodle
+    # beside the real one runs none of its own (monitoring_enabled: false).
+    if inv.group("monitoring") and inv.is_loopback_only and platform_vars(inv).get("monitoring_enabled", True):
         lines, problems, warnings = check_monitoring(endpoints(inv))
         h.lines += lines
         h.problems += problems

@@ -67,7 +67,7 @@ def build_inventory(root: Path, extra_vars: dict[str, object]) -> Rehearsal:
         "nginx_listen_port": PORT, "moodle_wwwroot": f"http://127.0.0.1:{PORT}", "moodle_cron_runner": "none",
         "moodleops_state_dir": str(STATE), "moodle_backup_dir": str(BACKUPS),
         "moodle_pins_file": str(root / "moodle.yml"), "moodle_schools_file": str(root / "schools.yml"),
-        "moodle_artifact_mirror": str(SHARED),
+        "moodle_artifact_mirror": str(SHARED), "monitoring_enabled": False,
     })
     gv.update(extra_vars)
     (env / "group_vars/all.yml").write_text(yaml.safe_dump(gv))

@@ -45,12 +45,22 @@ def test_every_pinned_plugin_is_installed_at_its_pin_as_moodle_records_it(
     assert len(local_inventory.plugins) == 14
 
 
+def _changed_tasks(output: list[str]) -> list[str]:
+    task, changed = "", []
+    for line in output:
+        if line.startswith(("TASK [", "RUNNING HANDLER [")):
+            task = line.rstrip("* ")
+        elif line.startswith("changed:"):
+            changed.append(f"{task}: {line}")
+    return changed
+
+
 def test_second_run_and_check_mode_change_nothing(local_inventory: Inventory, site: Site) -> None:
     again = run_playbook(local_inventory, "site.yml", echo=False)
     assert again.ok, "\n".join(again.output[-30:])
-    assert again.total_changed == 0, [ln for ln in again.output if ln.startswith("changed:")]
+    assert again.total_changed == 0, _changed_tasks(again.output)
     dry = run_playbook(local_inventory, "site.yml", ["--check", "--diff"], echo=False)
-    assert dry.ok and dry.total_changed == 0
+    assert dry.ok and dry.total_changed == 0, _changed_tasks(dry.output)
 
 
 @pytest.mark.parametrize("path", [

@@ -112,7 +112,7 @@ def rehearsal(tmp_path_factory: pytest.TempPathFactory, provisioned: object) -> 
         "nginx_listen_port": PORT, "moodle_wwwroot": f"http://127.0.0.1:{PORT}", "moodle_cron_runner": "none",
         "moodleops_state_dir": str(STATE), "moodle_backup_dir": str(BACKUPS),
         "moodle_pins_file": str(root / "moodle.yml"), "moodle_schools_file": str(root / "schools.yml"),
-        "moodle_artifact_mirror": str(mirror),
+        "moodle_artifact_mirror": str(mirror), "monitoring_enabled": False,
     })
     (env / "group_vars/all.yml").write_text(yaml.safe_dump(gv))
     r = Rehearsal(root=root, env=env, mirror=mirror)
