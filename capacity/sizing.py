@@ -16,14 +16,13 @@ and database shapes) comes from inventory/capacity.yml.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from moodleops.capacity.config import SizingParams
-from moodleops.capacity.errors import CapacityError
+from moodleops.capacity.errors import CapacityError, read_schema_doc
 
 from moodleops.inventory import Inventory
 
@@ -54,15 +53,7 @@ def _positive(doc: dict[str, Any], key: str, where: str) -> float:
 
 def read_summary(path: Path) -> LoadSummary:
     where = str(path)
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CapacityError(f"load-test summary {where} does not exist") from None
-    except (OSError, ValueError) as exc:
-        raise CapacityError(f"load-test summary {where} cannot be read ({exc})") from None
-    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
-        found = doc.get("schema") if isinstance(doc, dict) else None
-        raise CapacityError(f"{where}: schema {found!r} is not valid ({SCHEMA})")
+    doc = read_schema_doc(path, SCHEMA, "load-test summary", "a load-test summary, see docs/capacity.md")
     workers = doc.get("php_fpm_workers")
     if type(workers) is not int or workers < 1:
         raise CapacityError(f"{where}: php_fpm_workers {workers!r} is not valid (an integer >= 1)")
