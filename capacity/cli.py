@@ -31,7 +31,7 @@ from moodleops.capacity.planning import Outcome, Plan, parse_join, plan
 from moodleops.cli import add_area, add_command
 from moodleops.inventory import Inventory, load_inventory
 from moodleops.moodle import MoodleError
-from moodleops.site import SiteError, site_of
+from moodleops.site import SiteError, platform_vars, site_of
 
 PROMETHEUS_ENV = "MOODLEOPS_PROMETHEUS_URL"
 
@@ -227,7 +227,8 @@ def cmd_forecast(args: argparse.Namespace) -> int:
 @_guard
 def cmd_sizing(args: argparse.Namespace) -> int:
     inv, params = _context(args)
-    load = sizing.read_summary(args.loadtest)
+    workers = args.php_fpm_workers or int(platform_vars(inv).get("php_fpm_max_children", 0) or 0)
+    load = sizing.read_any(args.loadtest, workers)
     s = sizing.size(inv, load, params.sizing)
     if args.format == "json":
         print(json.dumps(s.as_dict(), indent=2))
@@ -422,9 +423,15 @@ shapes) are in capacity.yml "sizing".""",
 examples:
   moodleops capacity sizing --loadtest loadtests/results/summary.json
   moodleops capacity sizing --loadtest summary.json --format json
+  moodleops capacity sizing --loadtest results/u20/summary.json results/u40/summary.json results/u80/summary.json
 
 """ + EXIT)
-    sz.add_argument("--loadtest", metavar="FILE", type=Path, required=True, help="load-test summary JSON")
+    sz.add_argument("--loadtest", metavar="FILE", type=Path, required=True, nargs="+",
+                    help="a sizing summary JSON, or one or more `moodleops loadtest run` summary.json files "
+                         "(one point each: run at growing --users)")
+    sz.add_argument("--php-fpm-workers", type=int, metavar="N",
+                    help="php-fpm workers of the tested stack, for run summaries "
+                         "(default: php_fpm_max_children of the inventory)")
     sz.add_argument("--params", metavar="FILE", type=Path, help="planning parameters (default: inventory/capacity.yml)")
     sz.add_argument("--format", choices=("text", "json"), default="text")
     sz.set_defaults(run=cmd_sizing)

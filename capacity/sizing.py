@@ -27,6 +27,8 @@ from moodleops.capacity.errors import CapacityError, read_schema_doc
 from moodleops.inventory import Inventory
 
 SCHEMA = "moodleops.loadtest-summary/1"
+# What `moodleops loadtest run` writes (loadtests/summary.py): one run, one point.
+RUN_SCHEMA = "moodleops-loadtest-summary/1"
 
 
 @dataclass(frozen=True)
@@ -158,3 +160,42 @@ def to_text(s: Sizing, load: LoadSummary, p: SizingParams) -> str:
     ]
     lines += [f"  note: {n}" for n in s.notes]
     return "\n".join(lines) + "\n"
+
+
+def from_runs(paths: list[Path], php_fpm_workers: int) -> LoadSummary:
+    """A sizing summary from `moodleops loadtest run` summaries (one point per
+    run, best several runs at growing --users): p95 vs users from each run's
+    totals; throughput per worker = the highest request rate seen / the tested
+    pool's workers (a lower bound of what a worker sustains); demand per user =
+    the load model's pages per second per concurrent user at its peak."""
+    if php_fpm_workers < 1:
+        raise CapacityError(f"php-fpm workers {php_fpm_workers!r} is not valid (an integer >= 1)")
+    points, best_rps, demand = [], 0.0, None
+    for path in paths:
+        doc = read_schema_doc(path, RUN_SCHEMA, "load-test run summary", "moodleops loadtest run")
+        try:
+            users, totals = float(doc["users"]), doc["totals"]
+            p95, rps = float(totals["p95_ms"]), float(totals["rps"])
+            model = doc["model"]
+            demand = demand or float(model["peak_pages_per_s"]) / float(model["peak_concurrent"]) * 60
+        except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
+            raise CapacityError(f"{path}: a field is missing or malformed ({exc})") from None
+        if users <= 0 or p95 <= 0:
+            raise CapacityError(f"{path}: users {users:g} / p95 {p95:g} ms is not valid (a run that sent requests)")
+        points.append(LoadPoint(users, p95))
+        best_rps = max(best_rps, rps)
+    if best_rps <= 0 or not demand:
+        raise CapacityError(f"{', '.join(map(str, paths))}: no request rate measured (rps 0)")
+    return LoadSummary(php_fpm_workers, best_rps / php_fpm_workers, demand,
+                       tuple(sorted(points, key=lambda p: p.users)), ", ".join(map(str, paths)))
+
+
+def read_any(paths: list[Path], php_fpm_workers: int) -> LoadSummary:
+    """One sizing summary, or one or more loadtest run summaries."""
+    if len(paths) == 1:
+        try:
+            return read_summary(paths[0])
+        except CapacityError as exc:
+            if RUN_SCHEMA not in paths[0].read_text(encoding="utf-8", errors="replace")[:400]:
+                raise exc from None
+    return from_runs(paths, php_fpm_workers)
