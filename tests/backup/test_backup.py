@@ -23,7 +23,8 @@ import boto3
 import pytest
 import requests
 import yaml
-from restoretest_stack import DB, SHARED, Rehearsal, build_inventory, provision, psql, remove_rehearsal
+from beside_stack import SHARED, psql
+from restoretest_stack import DB, Rehearsal, build_inventory, provision, remove_rehearsal
 
 from moodleops.backup import manifest, retention
 from moodleops.backup.blobs import scan_filedir

@@ -9,8 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import subprocess
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from beside_stack import SHARED, Beside, psql, remove, write_inventory
 
 from moodleops import REPO_ROOT
 from moodleops.cli import main
@@ -30,33 +29,13 @@ from moodleops.webclient import login
 
 pytestmark = pytest.mark.stack
 
-SHARED = REPO_ROOT.parent / "shared" / "artifacts"
-BASE = Path("/srv/moodle-rehearsal")
-DB = "moodle_rehearsal"
-PORT = 8081
-STATE = Path("/var/lib/moodleops-rehearsal")
-BACKUPS = Path("/var/backups/moodleops-rehearsal")
+STACK = Beside("rehearsal", 8081)
+BASE, DB, STATE = STACK.base, STACK.db, STACK.state
 HERE = Path(__file__).resolve().parent
 
 
 def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _psql(sql: str) -> str:
-    return subprocess.run(["runuser", "-u", "postgres", "--", "psql", "-Atc", sql], capture_output=True,
-                          text=True, check=True).stdout
-
-
-def _remove_rehearsal() -> None:
-    for db in _psql(f"SELECT datname FROM pg_database WHERE datname LIKE '{DB}%'").split():
-        _psql(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
-    for path in (BASE, STATE, BACKUPS):
-        shutil.rmtree(path, ignore_errors=True)
-    for conf in (Path("/etc/nginx/sites-enabled/moodle-rehearsal.conf"),
-                 Path("/etc/nginx/sites-available/moodle-rehearsal.conf")):
-        conf.unlink(missing_ok=True)
-    subprocess.run(["service", "nginx", "reload"], capture_output=True, check=False)
 
 
 @dataclass
@@ -101,20 +80,7 @@ def rehearsal(tmp_path_factory: pytest.TempPathFactory, provisioned: object) -> 
     for src in [*SHARED.glob("*.zip"), *SHARED.glob("*.tgz"), *(SHARED / "older").glob("*.zip"),
                 *(SHARED / "older").glob("*.tgz")]:
         (mirror / src.name).symlink_to(src)
-    for name in ("platform.yml", "schools.yml", "moodle.yml"):
-        shutil.copy(REPO_ROOT / "inventory" / name, root / name)
-    env = root / "rehearsal"
-    (env / "group_vars").mkdir(parents=True)
-    shutil.copy(REPO_ROOT / "inventory/local/hosts.yml", env / "hosts.yml")
-    gv = yaml.safe_load((REPO_ROOT / "inventory/local/group_vars/all.yml").read_text())
-    gv.update({
-        "moodle_base_dir": str(BASE), "moodle_db_name": DB, "nginx_vhost_name": "moodle-rehearsal",
-        "nginx_listen_port": PORT, "moodle_wwwroot": f"http://127.0.0.1:{PORT}", "moodle_cron_runner": "none",
-        "moodleops_state_dir": str(STATE), "moodle_backup_dir": str(BACKUPS),
-        "moodle_pins_file": str(root / "moodle.yml"), "moodle_schools_file": str(root / "schools.yml"),
-        "moodle_artifact_mirror": str(mirror), "monitoring_enabled": False,
-    })
-    (env / "group_vars/all.yml").write_text(yaml.safe_dump(gv))
+    env = write_inventory(STACK, root, mirror)
     r = Rehearsal(root=root, env=env, mirror=mirror)
 
     # Start point: Moodle 4.1.0 with the older plugin releases where there are some.
@@ -131,13 +97,13 @@ def rehearsal(tmp_path_factory: pytest.TempPathFactory, provisioned: object) -> 
     mp.setenv("MOODLEOPS_ARTIFACTS", str(mirror))
     # Serialised with any other provisioning of this machine (shared nginx/PostgreSQL).
     with provisioning_lock():
-        _remove_rehearsal()
+        remove(STACK)
         assert main(["--inventory", str(env), "platform", "up"]) == 0
     r.data("create")
     yield r
     mp.undo()
     with provisioning_lock():
-        _remove_rehearsal()
+        remove(STACK)
 
 
 def _installed(r: Rehearsal, component: str) -> Decimal:
@@ -146,9 +112,7 @@ def _installed(r: Rehearsal, component: str) -> Decimal:
 
 
 def _has_table(table: str) -> bool:
-    out = subprocess.run(["runuser", "-u", "postgres", "--", "psql", "-d", DB, "-Atc",
-                          f"SELECT to_regclass('{table}') IS NOT NULL"], capture_output=True, text=True, check=True)
-    return out.stdout.strip() == "t"
+    return psql(f"SELECT to_regclass('{table}') IS NOT NULL", db=DB).strip() == "t"
 
 
 def test_1_plugin_upgrade_runs_its_database_steps_and_keeps_data(rehearsal: Rehearsal) -> None:
