@@ -31,7 +31,7 @@ from moodleops.capacity.planning import Outcome, Plan, parse_join, plan
 from moodleops.cli import add_area, add_command
 from moodleops.inventory import Inventory, load_inventory
 from moodleops.moodle import MoodleError
-from moodleops.site import SiteError, platform_vars, site_of
+from moodleops.site import SiteError, site_of
 
 PROMETHEUS_ENV = "MOODLEOPS_PROMETHEUS_URL"
 
@@ -227,7 +227,7 @@ def cmd_forecast(args: argparse.Namespace) -> int:
 @_guard
 def cmd_sizing(args: argparse.Namespace) -> int:
     inv, params = _context(args)
-    workers = args.php_fpm_workers or int(platform_vars(inv).get("php_fpm_max_children", 0) or 0)
+    workers = args.php_fpm_workers or inv.settings.php_fpm_max_children
     load = sizing.read_any(args.loadtest, workers)
     s = sizing.size(inv, load, params.sizing)
     if args.format == "json":

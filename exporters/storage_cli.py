@@ -332,10 +332,8 @@ def run_alertmanager_config(args: argparse.Namespace) -> int:
     import yaml
     from moodleops.exporters.alerting import Delivery, alertmanager_config
 
-    from moodleops.site import platform_vars
-
     inv = load_inventory(args.inventory)
-    v = platform_vars(inv)
+    v = inv.vars
     sysadmins = args.sysadmin or list(v.get("monitoring_sysadmin_emails") or [])
     try:
         delivery = Delivery(smtp_smarthost=args.smtp_smarthost or str(v.get("monitoring_smtp_smarthost") or ""),

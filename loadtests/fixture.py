@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from moodleops.inventory import Inventory
-from moodleops.inventory.loader import is_loopback
+from moodleops.inventory import Inventory, is_loopback
 from moodleops.moodle import MoodleCLI
 
 PREFIX_RE = re.compile(r"^lt[a-z0-9]{3,20}$")

@@ -19,8 +19,7 @@ from moodleops.loadtests.model import LoadModel, Population, RoleParams, shape_l
 from moodleops.loadtests.summary import build_summary, read_stats, verdict
 from moodleops.loadtests.timeline import PLAN_ENV, timeline
 
-from moodleops.inventory import Inventory
-from moodleops.inventory.loader import is_loopback
+from moodleops.inventory import Inventory, is_loopback
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 MAX_USERS_WITHOUT_FORCE = 2000      # a typo (--users 50000) must not melt the machine

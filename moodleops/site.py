@@ -1,48 +1,18 @@
-"""Where the platform lives, as the playbooks laid it out: paths, URLs, database
-coordinates and secrets, resolved from the same variables Ansible uses
-(role defaults of `platform_defaults`, overridden by the inventory's group_vars)."""
+"""Where the platform lives: paths, URL, database coordinates and secrets of one
+environment, taken from the validated inventory settings (the same values the
+vars plugin gives the playbooks: moodleops.inventory.settings)."""
 
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import yaml
-
-from moodleops import REPO_ROOT
 from moodleops.inventory import Inventory
-
-DEFAULTS_FILE = REPO_ROOT / "playbooks" / "roles" / "platform_defaults" / "defaults" / "main.yml"
-_SIMPLE_REF = re.compile(r"\{\{\s*([a-z_][a-z0-9_]*)\s*\}\}")
 
 
 class SiteError(RuntimeError):
     pass
-
-
-def platform_vars(inv: Inventory) -> dict[str, Any]:
-    """Role defaults overlaid with the inventory's group_vars, with plain
-    `{{ name }}` references resolved. Values needing Ansible lookups or filters
-    stay as written: Python never needs them (secrets are read by `Site.secret`)."""
-    with open(DEFAULTS_FILE, encoding="utf-8") as fh:
-        merged: dict[str, Any] = dict(yaml.safe_load(fh) or {})
-    merged.update(inv.vars)
-    for _ in range(5):  # references nest a few levels deep at most
-        changed = False
-        for key, value in merged.items():
-            if isinstance(value, str) and _SIMPLE_REF.search(value):
-                def sub(m: re.Match[str]) -> str:
-                    ref = merged.get(m.group(1))
-                    return str(ref) if isinstance(ref, (str, int)) and "{{" not in str(ref) else m.group(0)
-                new = _SIMPLE_REF.sub(sub, value)
-                if new != value:
-                    merged[key], changed = new, True
-        if not changed:
-            break
-    return merged
 
 
 @dataclass(frozen=True)
@@ -82,23 +52,23 @@ class Site:
 
 
 def site_of(inv: Inventory) -> Site:
-    v = platform_vars(inv)
+    v = inv.settings
     # Test stacks keep generated secrets on the machine (moodleops_local_secrets_dir);
     # production has none on disk: vault for Ansible, MOODLEOPS_<NAME> for Python.
-    secrets_dir = os.environ.get("MOODLEOPS_SECRETS_DIR") or str(v.get("moodleops_local_secrets_dir") or "")
+    secrets_dir = os.environ.get("MOODLEOPS_SECRETS_DIR") or v.local_secrets_dir
     return Site(
         env=inv.env,
-        wwwroot=str(v["moodle_wwwroot"]).rstrip("/"),
-        current_link=Path(str(v["moodle_current_link"])),
-        dataroot=Path(str(v["moodle_dataroot"])),
-        php=f"/usr/bin/php{v['php_version']}",
-        lib_dir=Path(str(v["moodleops_lib_dir"])),
-        state_dir=Path(str(v["moodleops_state_dir"])),
-        web_user=str(v["moodle_web_user"]),
-        db_host=str(v["moodle_db_host"]),
-        db_port=int(v["moodle_db_port"]),
-        db_name=str(v["moodle_db_name"]),
-        db_prefix=str(v["moodle_db_prefix"]),
-        db_ro_user=str(v["moodle_db_ro_user"]),
+        wwwroot=v.wwwroot,
+        current_link=v.current_link,
+        dataroot=v.dataroot,
+        php=f"/usr/bin/php{v.php_version}",
+        lib_dir=v.lib_dir,
+        state_dir=v.state_dir,
+        web_user=v.web_user,
+        db_host=v.db_host,
+        db_port=v.db_port,
+        db_name=v.db_name,
+        db_prefix=v.db_prefix,
+        db_ro_user=v.db_ro_user,
         secrets_dir=Path(secrets_dir) if secrets_dir else None,
     )

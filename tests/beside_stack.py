@@ -63,9 +63,9 @@ def remove(b: Beside) -> None:
 
 
 def write_inventory(b: Beside, root: Path, mirror: Path, extra_vars: dict[str, object] | None = None) -> Path:
-    """root/{platform,schools,moodle}.yml (copies the test may edit) and the
-    environment root/<name>/; returns the environment directory."""
-    for name in ("platform.yml", "schools.yml", "moodle.yml"):
+    """root/*.yml (copies of the shared inventory files, the test may edit them)
+    and the environment root/<name>/; returns the environment directory."""
+    for name in ("platform.yml", "schools.yml", "moodle.yml", "capacity.yml", "loadmodel.yml"):
         shutil.copy(REPO_ROOT / "inventory" / name, root / name)
     env = root / b.name
     (env / "group_vars").mkdir(parents=True, exist_ok=True)
@@ -75,7 +75,6 @@ def write_inventory(b: Beside, root: Path, mirror: Path, extra_vars: dict[str, o
         "moodle_base_dir": str(b.base), "moodle_db_name": b.db, "nginx_vhost_name": b.vhost,
         "nginx_listen_port": b.port, "moodle_wwwroot": f"http://127.0.0.1:{b.port}", "moodle_cron_runner": "none",
         "moodleops_state_dir": str(b.state), "moodle_backup_dir": str(b.backups),
-        "moodle_pins_file": str(root / "moodle.yml"), "moodle_schools_file": str(root / "schools.yml"),
         "moodle_artifact_mirror": str(mirror), "monitoring_enabled": False,
         **(extra_vars or {}),
     })

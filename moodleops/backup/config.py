@@ -10,7 +10,6 @@ from dataclasses import dataclass
 
 from moodleops.inventory import Inventory
 from moodleops.inventory.errors import InventoryError
-from moodleops.site import platform_vars
 
 # What the platform backup leaves out of moodledata: filedir goes as blobs,
 # the rest is rebuilt by Moodle (caches, sessions, temp) or is garbage (trash).
@@ -61,7 +60,7 @@ def _int(inv: Inventory, key: str, value: object, lo: int, hi: int) -> int:
 
 
 def backup_config(inv: Inventory) -> BackupConfig:
-    v = platform_vars(inv)
+    v = inv.vars
     f = _file(inv)
     bucket = v.get("backup_s3_bucket")
     if not isinstance(bucket, str) or not _BUCKET.match(bucket):

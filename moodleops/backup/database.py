@@ -14,7 +14,7 @@ from pathlib import Path
 
 from moodleops.backup.s3 import BackupError
 from moodleops.inventory import Inventory
-from moodleops.site import Site, platform_vars
+from moodleops.site import Site
 
 _LOCAL = {"127.0.0.1", "localhost", "::1", ""}
 
@@ -32,7 +32,7 @@ def _pg(site: Site, argv: list[str]) -> tuple[list[str], dict[str, str]]:
 
 
 def db_owner(inv: Inventory) -> str:
-    return str(platform_vars(inv)["moodle_db_user"])
+    return inv.settings.db_user
 
 
 def _conn_args(site: Site, inv: Inventory) -> list[str]:

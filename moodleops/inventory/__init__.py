@@ -1,7 +1,8 @@
 """The platform inventory: schools, Moodle pins, hosts. Load it with `load_inventory`."""
 
+from moodleops.inventory.addresses import is_loopback
 from moodleops.inventory.errors import InventoryError
-from moodleops.inventory.loader import is_loopback, load_inventory
+from moodleops.inventory.loader import load_inventory
 from moodleops.inventory.mirror import check_mirror
 from moodleops.inventory.model import (
     AccountRules,
@@ -11,6 +12,7 @@ from moodleops.inventory.model import (
     Pin,
     Platform,
     School,
+    Settings,
 )
 
 __all__ = [
@@ -22,6 +24,7 @@ __all__ = [
     "Pin",
     "Platform",
     "School",
+    "Settings",
     "check_mirror",
     "is_loopback",
     "load_inventory",

@@ -11,6 +11,7 @@ from moodleops.cli import add_area, add_command
 from moodleops.inventory.loader import REQUIRED_GROUPS, load_inventory
 from moodleops.inventory.mirror import check_mirror
 from moodleops.inventory.model import Inventory, School
+from moodleops.validation import validate
 
 
 def register(areas: argparse._SubParsersAction) -> None:
@@ -20,9 +21,12 @@ def register(areas: argparse._SubParsersAction) -> None:
         description="""\
 Read and validate the inventory of one environment: the agreement facts
 (inventory/platform.yml), the beneficiary schools (inventory/schools.yml), the
-Moodle core and plugin pins (inventory/moodle.yml) and the hosts of the
-environment (inventory/<ENV>/hosts.yml). Any invalid value stops the command
-with the file, the key and the value to fix.""",
+Moodle core and plugin pins (inventory/moodle.yml), the planning and load
+parameters (inventory/capacity.yml, inventory/loadmodel.yml), the hosts and
+settings of the environment (inventory/<ENV>/hosts.yml, group_vars/all.yml).
+Any invalid value stops the command with the file, the key and the value to
+fix. ansible-playbook runs the same validation (playbooks/vars_plugins/) and
+stops with the same line.""",
         epilog="""\
 examples:
   moodleops inventory check
@@ -73,7 +77,8 @@ examples:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    inv = load_inventory(args.inventory)
+    # The same validation as the playbooks' vars plugin: every file of the environment.
+    inv = validate(args.inventory)
     print("\n".join(summary(inv)))
     if args.mirror is None:
         return 0

@@ -7,7 +7,6 @@ nobody in it) stops here with an InventoryError that names file, key and value.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 from decimal import Decimal
@@ -25,6 +24,7 @@ from moodleops.inventory.model import (
     Platform,
     School,
 )
+from moodleops.inventory.settings import read_settings
 
 # The agreement hosts Moodle 4.1 (LTS). Moving to another branch is a contract
 # and migration decision, so it is a reviewed code change, not an inventory edit.
@@ -85,24 +85,10 @@ def load_inventory(env: str = "local", root: Path | None = None) -> Inventory:
     schools = _read_schools(root / "schools.yml", platform)
     core, plugins = _read_moodle(root / "moodle.yml")
     hosts = _read_hosts(env_dir / "hosts.yml")
+    raw = _read_vars(env_dir)
+    settings = read_settings(display_path(env_dir / "group_vars" / "all.yml"), env_dir, raw)
     return Inventory(root=root, env=env_dir.name, env_dir=env_dir, platform=platform, schools=schools,
-                     core=core, plugins=plugins, hosts=hosts, vars=_read_vars(env_dir))
-
-
-def is_loopback(address: str) -> bool:
-    """True for localhost, 127.0.0.0/8 and ::1 (also written [::1] or ::ffff:127.x.y.z)."""
-    host = address.strip().lower().rstrip(".")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if host == "localhost":
-        return True
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_loopback
+                     core=core, plugins=plugins, hosts=hosts, settings=settings, vars=raw)
 
 
 # -- environment ---------------------------------------------------------------
@@ -124,7 +110,8 @@ def _resolve_env(env: str, root: Path | None) -> tuple[Path, Path]:
 
 
 def _read_vars(env_dir: Path) -> dict[str, object]:
-    # Raw on purpose: values are Jinja templates that only Ansible can render.
+    # Raw on purpose: besides the settings (read_settings), values are role
+    # knobs and Jinja templates that only Ansible renders.
     path = env_dir / "group_vars" / "all.yml"
     if not path.is_file():
         return {}

@@ -8,6 +8,9 @@ from datetime import date
 from decimal import Decimal
 from pathlib import Path
 
+from moodleops.inventory.addresses import is_loopback
+from moodleops.inventory.errors import InventoryError
+
 
 @dataclass(frozen=True)
 class School:
@@ -87,6 +90,39 @@ class Host:
 
 
 @dataclass(frozen=True)
+class Settings:
+    """Platform-wide values of one environment: inventory/<env>/group_vars/all.yml
+    over the defaults of moodleops.inventory.settings. The playbooks get them
+    through the vars plugin (playbooks/vars_plugins/), under the names in
+    settings.SETTINGS; Python reads them here. Never Jinja templates."""
+
+    env_name: str                 # moodleops_env
+    wwwroot: str                  # moodle_wwwroot, without trailing slash
+    php_version: str
+    db_host: str
+    db_port: int
+    db_name: str
+    db_user: str
+    db_prefix: str
+    db_ro_user: str
+    base_dir: Path
+    releases_dir: Path
+    current_link: Path
+    dataroot: Path
+    web_user: str
+    web_group: str
+    lib_dir: Path                 # moodleops_lib_dir: PHP helpers installed by the playbooks
+    state_dir: Path               # moodleops_state_dir: journals, locks, run records
+    local_secrets_dir: Path | None   # generated secrets of a test stack; None in production
+    artifact_source: str          # mirror | upstream
+    artifact_mirror: Path | None  # directory of the pinned archives (source mirror)
+    allow_unsupported_php: bool
+    admin_user: str
+    php_fpm_max_children: int
+    monitoring_enabled: bool
+
+
+@dataclass(frozen=True)
 class Inventory:
     root: Path                    # the inventory/ directory
     env: str                      # inventory name: local, production, ...
@@ -96,14 +132,16 @@ class Inventory:
     core: Pin
     plugins: tuple[Pin, ...]
     hosts: tuple[Host, ...]
-    vars: dict[str, object] = field(default_factory=dict)   # group_vars/all.yml of the env, raw
+    settings: Settings
+    # group_vars/all.yml of the env as written: role knobs that only Ansible
+    # renders. Python reads plain values of an area it validates itself (backup_*).
+    vars: dict[str, object] = field(default_factory=dict)
 
     def school(self, code: str) -> School:
         for s in self.schools:
             if s.code == code:
                 return s
         allowed = ", ".join(s.code for s in self.schools)
-        from moodleops.inventory.errors import InventoryError
         raise InventoryError(str(self.root / "schools.yml"), "code", code, f"one of: {allowed}")
 
     def group(self, name: str) -> tuple[Host, ...]:
@@ -112,5 +150,4 @@ class Inventory:
     @property
     def is_loopback_only(self) -> bool:
         """True when every host is on this machine (the only kind of target load tests accept)."""
-        from moodleops.inventory.loader import is_loopback
         return all(is_loopback(h.address) for h in self.hosts)

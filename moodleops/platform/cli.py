@@ -3,31 +3,27 @@
 from __future__ import annotations
 
 import argparse
-import os
 import time
-from pathlib import Path
 
-from moodleops import REPO_ROOT
 from moodleops.cli import add_area, add_command
 from moodleops.inventory import Inventory, check_mirror, load_inventory
 from moodleops.platform.ansible import run_playbook
 from moodleops.platform.health import check_health
 from moodleops.platform.secrets import ensure_local_secrets
-from moodleops.site import platform_vars, site_of
-
-
-def mirror_dir() -> Path:
-    """The offline artifact mirror: $MOODLEOPS_ARTIFACTS, else ../shared/artifacts
-    beside the checkout (the same default as inventory/local/group_vars)."""
-    return Path(os.environ.get("MOODLEOPS_ARTIFACTS") or REPO_ROOT.parent / "shared" / "artifacts")
+from moodleops.site import site_of
 
 
 def _mirror_ready(inv: Inventory) -> bool:
     """When the inventory installs from the mirror, every pinned archive must be
     there with its pinned sha256 before any host is touched."""
-    if platform_vars(inv).get("moodle_artifact_source") != "mirror":
+    mirror = inv.settings.artifact_mirror
+    if inv.settings.artifact_source != "mirror":
         return True
-    problems = [p for p in check_mirror(inv, mirror_dir()) if not p.startswith("note:")]
+    if mirror is None:
+        print("moodleops: error: moodle_artifact_source is 'mirror' but moodle_artifact_mirror is not set "
+              f"(set it in {inv.env_dir}/group_vars/all.yml or MOODLEOPS_ARTIFACTS)")
+        return False
+    problems = [p for p in check_mirror(inv, mirror) if not p.startswith("note:")]
     for problem in problems:
         print(f"moodleops: error: {problem}")
     return not problems

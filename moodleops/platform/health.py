@@ -12,7 +12,7 @@ import requests
 from moodleops.inventory import Inventory
 from moodleops.moodle import MoodleCLI, MoodleError
 from moodleops.platform.monitoring_health import check_monitoring, endpoints
-from moodleops.site import Site, SiteError, platform_vars
+from moodleops.site import Site, SiteError
 from moodleops.webclient import LoginFailed, login
 
 
@@ -55,7 +55,7 @@ def check_health(inv: Inventory, site: Site) -> Health:
                    f"  {'OK' if core_ok else 'MISMATCH'}")
     if not core_ok:
         h.problems.append(f"core version {probe['version']} is not the pinned {inv.core.version_text}")
-    override = platform_vars(inv).get("moodle_allow_unsupported_php")
+    override = inv.settings.allow_unsupported_php
     h.lines.append(f"  PHP      {probe['php']}" + ("  (unsupported-PHP override ON: test stack only)"
                                                      if override is True else ""))
     if probe.get("needs_upgrade"):
@@ -83,14 +83,14 @@ def check_health(inv: Inventory, site: Site) -> Health:
         h.warnings.append("cron is disabled in Moodle")
 
     try:
-        session = login(site.wwwroot, str(platform_vars(inv).get("moodle_admin_user", "admin")),
+        session = login(site.wwwroot, inv.settings.admin_user,
                         site.secret("admin_password"))
         h.lines.append(f"  HTTP     login as admin OK (session alive: {session.is_logged_in()})")
     except (LoginFailed, SiteError, requests.RequestException) as exc:
         h.problems.append(f"HTTP login failed: {exc}")
     # The daemons listen on the monitoring host's loopback; a rehearsal Moodle
     # beside the real one runs none of its own (monitoring_enabled: false).
-    if inv.group("monitoring") and inv.is_loopback_only and platform_vars(inv).get("monitoring_enabled", True):
+    if inv.group("monitoring") and inv.is_loopback_only and inv.settings.monitoring_enabled:
         lines, problems, warnings = check_monitoring(endpoints(inv))
         h.lines += lines
         h.problems += problems

@@ -1,19 +1,17 @@
 """Is the monitoring of this stack working: the storage exporter answers and
-Prometheus scrapes it. Part of `platform status`; ports and address come from
-the monitoring role's defaults overridden by the inventory, like the playbook's."""
+Prometheus scrapes it. Part of `platform status`; ports and address are the
+monitoring role's variables as Ansible computes them (moodleops.platform.ansible_view)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import requests
-import yaml
 
 from moodleops import REPO_ROOT
 from moodleops.inventory import Inventory
-from moodleops.site import platform_vars
+from moodleops.platform.ansible_view import role_vars
 
 ROLE_DEFAULTS = REPO_ROOT / "playbooks" / "roles" / "monitoring" / "defaults" / "main.yml"
 EXPORTER_JOB = "moodle_storage"     # the job name the alert rules use
@@ -26,17 +24,14 @@ class MonitoringEndpoints:
     prometheus: str
 
 
-def monitoring_settings(inv: Inventory, defaults_file: Path = ROLE_DEFAULTS) -> dict[str, Any]:
-    """The monitoring role's variables as the playbook sees them (role defaults,
-    then the inventory's group_vars)."""
-    with open(defaults_file, encoding="utf-8") as fh:
-        merged: dict[str, Any] = dict(yaml.safe_load(fh) or {})
-    merged.update({k: v for k, v in platform_vars(inv).items() if k.startswith("monitoring_")})
-    return merged
+def monitoring_settings(inv: Inventory) -> dict[str, Any]:
+    """The monitoring role's variables (monitoring_*) as the playbook sees them."""
+    return role_vars(inv, "monitoring", "monitoring", "monitoring_")
 
 
-def endpoints(inv: Inventory, defaults_file: Path = ROLE_DEFAULTS) -> MonitoringEndpoints:
-    merged = monitoring_settings(inv, defaults_file)
+def endpoints(inv: Inventory) -> MonitoringEndpoints:
+    merged = role_vars(inv, "monitoring", "monitoring",
+                       ("monitoring_listen_address", "monitoring_exporter_port", "monitoring_prometheus_port"))
     host = str(merged["monitoring_listen_address"])
     host = f"[{host}]" if ":" in host else host
     return MonitoringEndpoints(exporter=f"http://{host}:{int(merged['monitoring_exporter_port'])}",

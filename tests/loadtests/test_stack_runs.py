@@ -14,7 +14,7 @@ from moodleops.loadtests import fixture as fx
 from moodleops.loadtests.summary import SCHEMA
 
 from moodleops.cli import main
-from moodleops.inventory.loader import is_loopback
+from moodleops.inventory import is_loopback
 from moodleops.moodle import MoodleCLI
 from moodleops.site import Site
 

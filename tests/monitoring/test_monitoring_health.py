@@ -4,6 +4,7 @@ exporter or Prometheus is down, hangs, or is something else."""
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import threading
 import time
@@ -15,7 +16,8 @@ from typing import ClassVar
 import pytest
 import yaml
 
-from moodleops.inventory import Inventory
+from moodleops import REPO_ROOT
+from moodleops.inventory import Inventory, load_inventory
 from moodleops.platform.monitoring_health import (
     ROLE_DEFAULTS,
     TIMEOUT_S,
@@ -65,15 +67,18 @@ def serve() -> Iterator[object]:
         srv.server_close()
 
 
-def test_endpoints_come_from_role_defaults_and_inventory(local_inventory: Inventory, tmp_path: Path) -> None:
+def test_endpoints_are_the_roles_variables_as_ansible_computes_them(local_inventory: Inventory,
+                                                                    tmp_path: Path) -> None:
     defaults = yaml.safe_load(ROLE_DEFAULTS.read_text())
     ep = endpoints(local_inventory)
     assert ep.exporter == f"http://{defaults['monitoring_listen_address']}:{defaults['monitoring_exporter_port']}"
     assert ep.prometheus.endswith(f":{defaults['monitoring_prometheus_port']}")
-    other = tmp_path / "main.yml"
-    other.write_text(yaml.safe_dump({**defaults, "monitoring_listen_address": "::1",
-                                     "monitoring_exporter_port": 19852}))
-    assert endpoints(local_inventory, other).exporter == "http://[::1]:19852"
+    root = tmp_path / "inventory"
+    shutil.copytree(REPO_ROOT / "inventory", root, ignore=shutil.ignore_patterns("production"))
+    gv = root / "local/group_vars/all.yml"
+    gv.write_text(gv.read_text() + "\nmonitoring_listen_address: '::1'\n"
+                  "monitoring_exporter_port: \"{{ 19000 + 852 }}\"\n")
+    assert endpoints(load_inventory(str(root / "local"))).exporter == "http://[::1]:19852"
 
 
 def test_nothing_listening_is_two_clear_problems_quickly() -> None:

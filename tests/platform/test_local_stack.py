@@ -16,7 +16,7 @@ import yaml
 
 from moodleops import REPO_ROOT
 from moodleops.cli import main
-from moodleops.inventory import Inventory
+from moodleops.inventory import Inventory, load_inventory
 from moodleops.moodle import MoodleCLI
 from moodleops.platform.ansible import run_playbook
 from moodleops.site import Site
@@ -123,7 +123,9 @@ def test_status_command_reports_healthy(local_inventory: Inventory, site: Site,
 
 def test_changed_pins_on_an_installed_site_are_refused_and_nothing_changes(
         local_inventory: Inventory, site: Site, tmp_path: Path) -> None:
-    pins = yaml.safe_load((REPO_ROOT / "inventory/moodle.yml").read_text())
+    root = tmp_path / "inventory"
+    shutil.copytree(REPO_ROOT / "inventory", root, ignore=shutil.ignore_patterns("production", "vault.yml"))
+    pins = yaml.safe_load((root / "moodle.yml").read_text())
     older = REPO_ROOT.parent / "shared/artifacts/older"
     mirror = tmp_path / "mirror"
     shutil.copytree(REPO_ROOT.parent / "shared/artifacts", mirror, ignore=shutil.ignore_patterns("older"))
@@ -132,13 +134,12 @@ def test_changed_pins_on_an_installed_site_are_refused_and_nothing_changes(
         if pin["component"] == "format_onetopic":
             pin.update(version="2022081610", file="format_onetopic-4.1.10.zip",
                        sha256="e89d370705a76aa1b9d82a3a5a431d1562c06f2b172cfbd3bd0be4fe7fec0876")
-    pins_file = tmp_path / "moodle.yml"
-    pins_file.write_text(yaml.safe_dump(pins))
+    (root / "moodle.yml").write_text(yaml.safe_dump(pins))
+    edited = load_inventory(str(root / "local"))
     before = os.readlink(site.current_link)
     releases_before = sorted(Path(before).parent.iterdir())
-    result = run_playbook(local_inventory, "site.yml",
-                          ["-e", f"moodle_pins_file={pins_file}", "-e", f"moodle_artifact_mirror={mirror}",
-                           "--tags", "moodle"], echo=False)
+    result = run_playbook(edited, "site.yml", ["--tags", "moodle"], echo=False,
+                          env={"MOODLEOPS_ARTIFACTS": str(mirror)})
     assert not result.ok
     assert any("Apply new pins with the upgrade play" in ln for ln in result.output)
     assert os.readlink(site.current_link) == before

@@ -614,6 +614,6 @@ def test_cli_does_not_swallow_unknown_errors(monkeypatch: pytest.MonkeyPatch) ->
     def boom(*args: object, **kwargs: object) -> Inventory:
         raise RuntimeError("a bug, not an inventory problem")
 
-    monkeypatch.setattr("moodleops.inventory.cli.load_inventory", boom)
+    monkeypatch.setattr("moodleops.inventory.cli.validate", boom)
     with pytest.raises(RuntimeError, match="a bug"):
         main(["inventory", "check"])
