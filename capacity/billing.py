@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from moodleops.capacity import moodle_db
 from moodleops.capacity.errors import CapacityError, read_schema_doc
 
+from moodleops import membership, moodledb
 from moodleops.inventory import Inventory
 from moodleops.site import Site
 
@@ -75,45 +75,15 @@ _BASE = """
    ORDER BY m.school, u.id
 """
 
-_MEMBERS = {
-    # A cohort per school (the playbook creates it; idnumber = cohort_idnumber).
-    "cohort": """SELECT cm.userid, s.code AS school, cm.timeadded AS since
-                   FROM {cohort_members} cm JOIN {cohort} c ON c.id = cm.cohortid
-                   JOIN unnest(%(keys)s::text[], %(codes)s::text[]) AS s(key, code) ON s.key = c.idnumber""",
-    # A profile field holding the school code; since = the account's creation.
-    "profile_field": """SELECT d.userid, s.code AS school, u2.timecreated AS since
-                   FROM {user_info_data} d JOIN {user_info_field} f ON f.id = d.fieldid
-                   JOIN {user} u2 ON u2.id = d.userid
-                   JOIN unnest(%(keys)s::text[], %(codes)s::text[]) AS s(key, code) ON s.key = d.data
-                  WHERE f.shortname = %(school_field)s""",
-    # An active enrolment in a course below the school's category.
-    "category_enrolments": """SELECT ue.userid, s.code AS school, MIN(ue.timecreated) AS since
-                   FROM {user_enrolments} ue JOIN {enrol} e ON e.id = ue.enrolid AND e.status = 0
-                   JOIN {course} co ON co.id = e.courseid
-                   JOIN {course_categories} cc ON cc.id = co.category
-                   JOIN {course_categories} top ON cc.path = top.path OR cc.path LIKE top.path || '/%%'
-                   JOIN unnest(%(keys)s::text[], %(codes)s::text[]) AS s(key, code) ON s.key = top.idnumber
-                  WHERE ue.status = 0
-                  GROUP BY ue.userid, s.code""",
-}
-
-
 def collect(inv: Inventory, site: Site) -> Snapshot:
     """Every membership of a school of the inventory, read in one consistent snapshot."""
     p = inv.platform
     method = p.membership_method
-    if method == "cohort":
-        keys = [s.cohort_idnumber for s in inv.schools]
-    elif method == "profile_field":
-        keys = [s.code for s in inv.schools]
-    else:
-        keys = [s.category_idnumber for s in inv.schools]
-    text = _BASE.replace("{members}", _MEMBERS[method])
-    params = {"keys": keys, "codes": [s.code for s in inv.schools],
-              "type_field": p.accounts.account_type_field, "school_field": p.membership_profile_field}
-    with moodle_db.connect(site) as conn:
+    members, params = membership.members_sql(membership.rule_of(p), inv.schools)
+    text = _BASE.replace("{members}", members)
+    with moodledb.connect(moodledb.target_of(site), application="moodleops-billing") as conn:
         taken = int(datetime.now(UTC).timestamp())
-        found = moodle_db.rows(conn, site, text, params)
+        found = moodledb.rows(conn, site.db_prefix, text, {**params, "type_field": p.accounts.account_type_field})
     members = tuple(Membership(int(r["userid"]), str(r["username"]), str(r["school"]), int(r["since"]),
                                bool(r["suspended"]), str(r["account_type"]).strip()) for r in found)
     return Snapshot(taken, f"{site.db_name}@{site.db_host}:{site.db_port}", method,

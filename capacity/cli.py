@@ -28,9 +28,10 @@ from moodleops.capacity.history import (
 )
 from moodleops.capacity.planning import Outcome, Plan, parse_join, plan
 
-from moodleops.cli import add_area, add_command
+from moodleops.commands import add_area, add_command
 from moodleops.inventory import Inventory, load_inventory
 from moodleops.moodle import MoodleError
+from moodleops.moodledb import MoodleDBError
 from moodleops.site import SiteError, site_of
 
 PROMETHEUS_ENV = "MOODLEOPS_PROMETHEUS_URL"
@@ -49,7 +50,7 @@ def _guard(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Names
     def wrapper(args: argparse.Namespace) -> int:
         try:
             return run(args)
-        except (CapacityError, SiteError, MoodleError) as exc:
+        except (CapacityError, SiteError, MoodleError, MoodleDBError) as exc:
             print(f"moodleops: error: {' '.join(str(exc).split())}", file=sys.stderr)
             return 2
     return wrapper

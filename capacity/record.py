@@ -8,11 +8,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
-from moodleops.capacity import moodle_db
 from moodleops.capacity.config import ForecastParams
 from moodleops.capacity.errors import CapacityError
 from moodleops.capacity.history import POOL, Sample, samples_from_exposition, scrape, selector
 
+from moodleops import moodledb
 from moodleops.inventory import Inventory
 from moodleops.site import Site
 
@@ -50,7 +50,7 @@ def from_metrics(source: str, params: ForecastParams, now: float | None = None) 
 
 def from_database(inv: Inventory, site: Site) -> list[Sample]:
     by_idnumber = {s.category_idnumber: s.code for s in inv.schools}
-    with moodle_db.connect(site) as conn:
+    with moodledb.connect(moodledb.target_of(site), application="moodleops-capacity") as conn:
         now = datetime.now(UTC).timestamp()
-        found = moodle_db.rows(conn, site, _LOGICAL, {"idnumbers": list(by_idnumber)})
+        found = moodledb.rows(conn, site.db_prefix, _LOGICAL, {"idnumbers": list(by_idnumber)})
     return [Sample(now, by_idnumber[r["idnumber"]], float(r["bytes"])) for r in found]

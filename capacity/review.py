@@ -15,14 +15,13 @@ from datetime import UTC, date, datetime
 from html import escape
 from pathlib import Path
 
-from moodleops.capacity import moodle_db
-from moodleops.capacity.billing import _MEMBERS
 from moodleops.capacity.config import ReviewParams
 from moodleops.capacity.errors import CapacityError, read_schema_doc
 from moodleops.capacity.forecast import Crossing, Projection
 from moodleops.capacity.history import Series
 from moodleops.capacity.svg import storage_chart
 
+from moodleops import membership, moodledb
 from moodleops.inventory import Inventory, School
 from moodleops.site import Site
 
@@ -121,27 +120,24 @@ SELECT u.suspended, u.auth, u.lastaccess,
 
 def collect(inv: Inventory, site: Site, school: School, params: ReviewParams) -> ReviewData:
     p = inv.platform
-    with moodle_db.connect(site) as conn:
+    with moodledb.connect(moodledb.target_of(site), application="moodleops-review") as conn:
         now = int(datetime.now(UTC).timestamp())
-        cats = moodle_db.rows(conn, site, _CATEGORY, {"idnumber": school.category_idnumber})
+        cats = moodledb.rows(conn, site.db_prefix, _CATEGORY, {"idnumber": school.category_idnumber})
         if not cats:
             raise CapacityError(f"school {school.code}: no course category with idnumber "
                                 f"{school.category_idnumber!r} in Moodle (run `moodleops platform up`)")
         cat = cats[0]
         args = {"path": cat["path"], "catid": cat["id"]}
-        logical = int(moodle_db.rows(conn, site, _SCHOOL_BYTES, args)[0]["bytes"])
+        logical = int(moodledb.rows(conn, site.db_prefix, _SCHOOL_BYTES, args)[0]["bytes"])
         courses = tuple(CourseInfo(int(r["id"]), r["shortname"], r["fullname"], bool(r["visible"]),
                                    int(r["timecreated"]), int(r["bytes"]),
                                    int(r["last_access"]) if r["last_access"] else None)
-                        for r in moodle_db.rows(conn, site, _COURSES, args))
+                        for r in moodledb.rows(conn, site.db_prefix, _COURSES, args))
         binned = tuple(BinItem(r["kind"], r["where"], r["name"] or "", int(r["timecreated"]), int(r["bytes"]))
-                       for r in moodle_db.rows(conn, site, _BIN, args))
-        key = {"cohort": school.cohort_idnumber, "profile_field": school.code}.get(
-            p.membership_method, school.category_idnumber)
-        members = moodle_db.rows(conn, site, _ACCOUNTS.replace("{members}", _MEMBERS[p.membership_method]),
-                                 {"keys": [key], "codes": [school.code],
-                                  "type_field": p.accounts.account_type_field,
-                                  "school_field": p.membership_profile_field})
+                       for r in moodledb.rows(conn, site.db_prefix, _BIN, args))
+        sub, sub_params = membership.members_sql(membership.rule_of(p), (school,))
+        members = moodledb.rows(conn, site.db_prefix, _ACCOUNTS.replace("{members}", sub),
+                                {**sub_params, "type_field": p.accounts.account_type_field})
     inactive_before = now - params.inactive_account_days * 86400
     accounts = {
         "members": len(members),

@@ -20,7 +20,7 @@ from moodleops.exporters.storage_exporter import PoolPolicy, StorageExporter
 from moodleops.exporters.storage_model import BUCKETS, SCHOOL, ScanResult
 from moodleops.exporters.storage_scan import ScanError, scan
 
-from moodleops.cli import add_area, add_command
+from moodleops.commands import add_area, add_command
 from moodleops.inventory import Inventory, load_inventory
 from moodleops.site import SiteError, site_of
 

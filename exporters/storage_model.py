@@ -79,7 +79,7 @@ class StoragePaths:
 
 @dataclass(frozen=True)
 class AccountPolicy:
-    method: str                   # cohort | profile_field (how a user belongs to a school)
+    method: str                   # cohort | profile_field | category_enrolments (moodleops.membership)
     membership_field: str         # profile field holding the school code (method profile_field)
     type_field: str               # profile field telling hosted from student accounts
     hosted_types: tuple[str, ...]

@@ -45,6 +45,8 @@ from moodleops.exporters.storage_model import (
     ScanResult,
 )
 
+from moodleops import membership, moodledb
+
 # Bucket keys computed in SQL; positive keys are top-level category ids.
 _K_USERS, _K_SYSTEM, _K_ORPHAN, _K_SITE, _K_DRAFT = 0, -1, -2, -3, -4
 _FIXED = {_K_USERS: (USERS, ""), _K_SYSTEM: (SYSTEM, ""), _K_ORPHAN: (ORPHAN_CONTEXT, ""),
@@ -85,15 +87,14 @@ COPY (
 
 def connect(cfg: ScanConfig) -> psycopg.Connection[Any]:
     db = cfg.db
+    target = moodledb.Target(host=db.host, port=db.port, dbname=db.dbname, user=db.user,
+                             password=db.password, prefix=db.prefix)
     try:
-        conn = psycopg.connect(host=db.host, port=db.port, dbname=db.dbname, user=db.user,
-                               password=db.password, connect_timeout=cfg.connect_timeout_s,
-                               application_name="moodleops-storage")
-    except psycopg.Error as exc:
+        # No statement timeout: a full scan of mdl_files at production scale is one long COPY.
+        return moodledb.open_readonly(target, application="moodleops-storage", dict_rows=False,
+                                      connect_timeout_s=cfg.connect_timeout_s, statement_timeout_s=None)
+    except moodledb.MoodleDBError as exc:
         raise ScanError(f"cannot connect to {db.describe()}: {_oneline(exc)}") from exc
-    conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-    conn.read_only = True
-    return conn
 
 
 def _oneline(exc: BaseException) -> str:
@@ -447,32 +448,19 @@ def _accounts(cfg: ScanConfig, cur: psycopg.Cursor[Any]) -> tuple[dict[str, Acco
     if type_field is None:
         warnings.append(f"profile field {pol.type_field!r} (accounts.account_type_field) does not exist "
                         "in Moodle: hosted accounts are not counted")
-    if pol.method == "cohort":
-        keys = {s.cohort_idnumber: s.code for s in cfg.schools}
-        member_sql = (f"SELECT c.idnumber AS k, cm.userid FROM {p}cohort c "
-                      f"JOIN {p}cohort_members cm ON cm.cohortid = c.id WHERE c.idnumber = ANY(%(keys)s)")
-    elif pol.method == "profile_field":
-        keys = {s.code: s.code for s in cfg.schools}
-        member_sql = (f"SELECT d.data AS k, d.userid FROM {p}user_info_data d "
-                      f"JOIN {p}user_info_field fl ON fl.id = d.fieldid AND fl.shortname = %(mfield)s "
-                      "WHERE d.data = ANY(%(keys)s)")
-    else:
-        warnings.append(f"school_membership.method {pol.method!r} is not supported by the storage "
-                        "exporter (cohort, profile_field): accounts are not counted")
-        return accounts, warnings
-    cur.execute(f"""
-        SELECT m.k,
+    # Who belongs to a school: the one definition (moodleops.membership), all three methods.
+    member_sql, params = membership.members_sql(membership.Rule(pol.method, pol.membership_field), cfg.schools)
+    cur.execute(moodledb.q(p, f"""
+        SELECT m.school,
                COUNT(*) FILTER (WHERE u.suspended = 0),
                COUNT(*) FILTER (WHERE u.suspended <> 0),
                COUNT(*) FILTER (WHERE u.suspended = 0 AND t.data = ANY(%(hosted)s))
           FROM ({member_sql}) m
-          JOIN {p}user u ON u.id = m.userid AND u.deleted = 0
-          LEFT JOIN {p}user_info_data t ON t.userid = u.id AND t.fieldid = %(tfield)s
-         GROUP BY m.k""",
-                {"keys": list(keys), "mfield": pol.membership_field, "hosted": list(pol.hosted_types),
-                 "tfield": type_field if type_field is not None else -1})
-    for k, active, suspended, hosted in cur.fetchall():
-        code = keys[str(k)]
+          JOIN {{user}} u ON u.id = m.userid
+          LEFT JOIN {{user_info_data}} t ON t.userid = u.id AND t.fieldid = %(tfield)s
+         GROUP BY m.school"""),
+                {**params, "hosted": list(pol.hosted_types), "tfield": type_field if type_field is not None else -1})
+    for code, active, suspended, hosted in cur.fetchall():
         accounts[code] = AccountStats(active=int(active), suspended=int(suspended),
                                       hosted_expiring=int(hosted) if type_field is not None else None)
     if type_field is None:

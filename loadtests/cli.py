@@ -12,7 +12,7 @@ from moodleops.loadtests import fixture as fx
 from moodleops.loadtests.model import SHAPES, Population, load_model, shape_load
 from moodleops.loadtests.runner import MAX_USERS_WITHOUT_FORCE, RunRequest, run
 
-from moodleops.cli import add_area, add_command
+from moodleops.commands import add_area, add_command
 from moodleops.inventory import load_inventory
 from moodleops.moodle import MoodleCLI, MoodleError
 from moodleops.site import site_of

@@ -1,7 +1,7 @@
 """The `moodleops` command: `moodleops [--inventory ENV] <area> <command> [options]`.
 
 Each area (inventory, platform, storage, ...) lives in its own module that
-exposes `register(areas)`: it adds one parser to `areas` (see `add_area`) and,
+exposes `register(areas)`: it adds one parser to `areas` (moodleops.commands.add_area) and,
 for each command, a sub-parser with `set_defaults(run=function)`, where
 `function(args) -> int` returns the exit status. Adding an area is one line in
 AREAS.
@@ -17,15 +17,15 @@ from collections.abc import Sequence
 
 from moodleops.inventory.errors import InventoryError
 
-AREAS: tuple[str, ...] = (
-    "moodleops.inventory.cli",
-    "moodleops.platform.cli",
-    "moodleops.loadtests.cli",
-    "moodleops.capacity.cli",
-    "moodleops.incident.cli",
-    "moodleops.exporters.storage_cli",
-    "moodleops.backup.cli",
-)
+AREAS: dict[str, str] = {
+    "inventory": "moodleops.inventory.cli",
+    "platform": "moodleops.platform.cli",
+    "loadtest": "moodleops.loadtests.cli",
+    "capacity": "moodleops.capacity.cli",
+    "incident": "moodleops.incident.cli",
+    "storage": "moodleops.exporters.storage_cli",
+    "backup": "moodleops.backup.cli",
+}
 
 DESCRIPTION = """\
 Operations toolkit for the UT paramedical-schools Moodle 4.1 platform.
@@ -54,21 +54,6 @@ examples:
 """
 
 
-def add_area(areas: argparse._SubParsersAction, name: str, *, summary: str, description: str,
-             epilog: str) -> argparse._SubParsersAction:
-    """Add area `name` with man-page style help; returns the sub-parsers for its commands."""
-    parser = areas.add_parser(name, help=summary, description=description, epilog=epilog,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-    return parser.add_subparsers(dest="command", metavar="<command>", title="commands", required=True)
-
-
-def add_command(commands: argparse._SubParsersAction, name: str, *, summary: str, description: str,
-                epilog: str) -> argparse.ArgumentParser:
-    """Add one command with man-page style help; the caller adds options and `run`."""
-    return commands.add_parser(name, help=summary, description=description, epilog=epilog,
-                               formatter_class=argparse.RawDescriptionHelpFormatter)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="moodleops", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -77,9 +62,27 @@ def build_parser() -> argparse.ArgumentParser:
                         help="environment: a directory name under inventory/ (local, production) "
                              "or a path to one (default: %(default)s)")
     areas = parser.add_subparsers(dest="area", metavar="<area>", title="areas", required=True)
-    for module in AREAS:
-        importlib.import_module(module).register(areas)
+    for name, module in AREAS.items():
+        try:
+            importlib.import_module(module).register(areas)
+        except ModuleNotFoundError as exc:
+            if (exc.name or "").startswith("moodleops"):
+                raise
+            # A lean host (a monitoring host installs only the exporter's
+            # dependencies): the area exists but says what it lacks.
+            _unavailable(areas, name, str(exc.name))
     return parser
+
+
+def _unavailable(areas: argparse._SubParsersAction, name: str, missing: str) -> None:
+    def run(args: argparse.Namespace) -> int:
+        print(f"moodleops: error: `moodleops {name}` needs the Python package {missing}, not installed "
+              "on this host (a monitoring host has only the exporter's): run it from the controller",
+              file=sys.stderr)
+        return 2
+    parser = areas.add_parser(name, help=f"(unavailable here: needs {missing})", add_help=False)
+    parser.add_argument("rest", nargs=argparse.REMAINDER)
+    parser.set_defaults(run=run)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -15,7 +15,7 @@ from moodleops.backup.platform_backup import backup_lock, report_json, run_backu
 from moodleops.backup.progress import human_bytes
 from moodleops.backup.s3 import BackupError, client
 from moodleops.backup.school_export import EXPORT_ID, export_school, export_status, reminder_lines
-from moodleops.cli import add_area, add_command
+from moodleops.commands import add_area, add_command
 from moodleops.inventory import load_inventory
 from moodleops.moodle import MoodleError
 from moodleops.site import site_of

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
-from moodleops.cli import add_area, add_command
+from moodleops.commands import add_area, add_command
 from moodleops.incident.csvinput import parse_renewals_option, parse_user_list, read_user_csv
 from moodleops.incident.errors import IncidentError, LockBusy
 from moodleops.incident.journal import DEFAULT_COPY_DIR

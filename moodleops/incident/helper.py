@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from moodleops import membership, moodledb
 from moodleops.inventory import Inventory, School
-from moodleops.moodle import MoodleCLI
+from moodleops.moodle import MoodleCLI, MoodleError
+from moodleops.site import SiteError
 
 HELPER = "incident"
 
@@ -52,9 +54,18 @@ class IncidentHelper:
     inv: Inventory
     script: str = HELPER    # a path for tests that run an uninstalled copy
 
-    def _schools_payload(self) -> list[dict[str, str]]:
-        return [{"code": s.code, "cohort_idnumber": s.cohort_idnumber, "category_idnumber": s.category_idnumber}
-                for s in self.inv.schools]
+    def _memberships(self) -> dict[str, dict[str, Any]]:
+        """Every school's members and problem, from the one membership definition
+        (moodleops.membership), so each user comes back with all their schools."""
+        site = self.moodle.site
+        rule = membership.rule_of(self.inv.platform)
+        try:
+            with moodledb.connect(moodledb.target_of(site), application="moodleops-incident") as conn:
+                found = membership.members(conn, site.db_prefix, rule, self.inv.schools)
+                problems = membership.problems(conn, site.db_prefix, rule, self.inv.schools)
+        except (moodledb.MoodleDBError, SiteError) as exc:
+            raise MoodleError(f"school membership cannot be read: {exc}") from None
+        return {code: {"problem": problems.get(code), "members": sorted(ids)} for code, ids in found.items()}
 
     def read(self, *, expand: tuple[School, ...] = (), usernames: tuple[str, ...] = (),
              userids: tuple[int, ...] = (), categories: tuple[str, ...] = (),
@@ -62,10 +73,7 @@ class IncidentHelper:
         rules = self.inv.platform.accounts
         answer = self.moodle.tool(self.script, payload={
             "action": "read",
-            # Every school, so each user comes back with all the schools they belong to.
-            "schools": self._schools_payload(),
-            "membership_method": self.inv.platform.membership_method,
-            "membership_profile_field": self.inv.platform.membership_profile_field,
+            "memberships": self._memberships(),
             "account_type_field": rules.account_type_field,
             "expand_schools": [s.code for s in expand],
             "usernames": list(usernames),

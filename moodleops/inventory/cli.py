@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from moodleops.cli import add_area, add_command
+from moodleops.commands import add_area, add_command
 from moodleops.inventory.loader import REQUIRED_GROUPS, load_inventory
 from moodleops.inventory.mirror import check_mirror
 from moodleops.inventory.model import Inventory, School

@@ -47,53 +47,19 @@ function moodleops_ensure_nomessaging_role(): int {
     return $roleid;
 }
 
-/** School membership: user id => list of school codes, for the users asked or for every member. */
-function moodleops_memberships(array $schools, string $method, string $profilefield): array {
-    global $DB;
-    $codes = [];
+/**
+ * School membership as the request carries it: moodleops.membership (Python,
+ * read-only SQL) is the one definition every reader uses, so this helper does
+ * not compute it. Returns [code => [problem, members]], [user id => codes].
+ */
+function moodleops_memberships(array $memberships): array {
     $found = [];
-    foreach ($schools as $school) {
-        $code = $school['code'];
-        $members = [];
-        $problem = null;
-        if ($method === 'cohort') {
-            $cohort = $DB->get_record('cohort', ['idnumber' => $school['cohort_idnumber']], 'id');
-            if (!$cohort) {
-                $problem = "no cohort with idnumber {$school['cohort_idnumber']}";
-            } else {
-                $members = $DB->get_fieldset_sql(
-                    'SELECT cm.userid FROM {cohort_members} cm JOIN {user} u ON u.id = cm.userid
-                      WHERE cm.cohortid = ? AND u.deleted = 0', [$cohort->id]);
-            }
-        } else if ($method === 'profile_field') {
-            $fieldid = $DB->get_field('user_info_field', 'id', ['shortname' => $profilefield]);
-            if ($fieldid === false) {
-                $problem = "no custom profile field $profilefield";
-            } else {
-                $members = $DB->get_fieldset_sql(
-                    'SELECT d.userid FROM {user_info_data} d JOIN {user} u ON u.id = d.userid
-                      WHERE d.fieldid = ? AND d.data = ? AND u.deleted = 0', [$fieldid, $code]);
-            }
-        } else if ($method === 'category_enrolments') {
-            $category = $DB->get_record('course_categories', ['idnumber' => $school['category_idnumber']], 'id, path');
-            if (!$category) {
-                $problem = "no category with idnumber {$school['category_idnumber']}";
-            } else {
-                $members = $DB->get_fieldset_sql(
-                    'SELECT DISTINCT ue.userid FROM {user_enrolments} ue
-                       JOIN {enrol} e ON e.id = ue.enrolid
-                       JOIN {course} c ON c.id = e.courseid
-                       JOIN {course_categories} cc ON cc.id = c.category
-                       JOIN {user} u ON u.id = ue.userid
-                      WHERE (cc.id = ? OR ' . $DB->sql_like('cc.path', '?') . ') AND u.deleted = 0',
-                    [$category->id, $category->path . '/%']);
-            }
-        } else {
-            $problem = "unknown membership method $method";
-        }
-        $found[$code] = ['problem' => $problem, 'members' => array_map('intval', $members)];
+    $codes = [];
+    foreach ($memberships as $code => $m) {
+        $members = array_map('intval', $m['members'] ?? []);
+        $found[$code] = ['problem' => $m['problem'] ?? null, 'members' => $members];
         foreach ($members as $uid) {
-            $codes[(int)$uid][] = $code;
+            $codes[$uid][] = $code;
         }
     }
     return [$found, $codes];
@@ -159,10 +125,8 @@ function moodleops_platform_state(): array {
 
 function moodleops_read(array $r): array {
     global $DB;
-    $method = $r['membership_method'] ?? 'cohort';
-    $profilefield = $r['membership_profile_field'] ?? '';
     $typefield = $r['account_type_field'] ?? '';
-    [$schools, $schoolsof] = moodleops_memberships($r['schools'] ?? [], $method, $profilefield);
+    [$schools, $schoolsof] = moodleops_memberships($r['memberships'] ?? []);
     $wanted = [];
     foreach ($r['expand_schools'] ?? [] as $code) {
         foreach ($schools[$code]['members'] ?? [] as $uid) {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from moodleops.cli import add_area, add_command
+from moodleops.commands import add_area, add_command
 from moodleops.inventory import Inventory, check_mirror, load_inventory
 from moodleops.platform.ansible import run_playbook
 from moodleops.platform.health import check_health
