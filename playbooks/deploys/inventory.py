@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 
-from moodleops.inventory import load_inventory
+from moodleops.validation import validate
 
-_inv = load_inventory(os.environ.get("MOODLEOPS_INVENTORY", "production"))
+# The same validation as `moodleops inventory check` and the playbooks' vars plugin.
+_inv = validate(os.environ.get("MOODLEOPS_INVENTORY", "production"))
 web = [(h.address, {"incident_runner": i == 0, "moodleops_inventory": _inv.env})
        for i, h in enumerate(_inv.group("web"))]
