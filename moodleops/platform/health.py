@@ -11,6 +11,7 @@ import requests
 
 from moodleops.inventory import Inventory
 from moodleops.moodle import MoodleCLI, MoodleError
+from moodleops.platform.ansible_view import AnsibleViewError
 from moodleops.platform.monitoring_health import check_monitoring, endpoints
 from moodleops.site import Site, SiteError
 from moodleops.webclient import LoginFailed, login
@@ -91,7 +92,12 @@ def check_health(inv: Inventory, site: Site) -> Health:
     # The daemons listen on the monitoring host's loopback; a rehearsal Moodle
     # beside the real one runs none of its own (monitoring_enabled: false).
     if inv.group("monitoring") and inv.is_loopback_only and inv.settings.monitoring_enabled:
-        lines, problems, warnings = check_monitoring(endpoints(inv))
+        try:
+            ep = endpoints(inv)
+        except AnsibleViewError as exc:
+            h.problems.append(str(exc))
+            return h
+        lines, problems, warnings = check_monitoring(ep)
         h.lines += lines
         h.problems += problems
         h.warnings += warnings
