@@ -2,11 +2,13 @@
 reversible suspension of schools, users or the platform; messaging
 suspension; expiry of hosted accounts on 31 August.
 
-Planning, locking and the journal are here; every change to Moodle goes
+Planning, the write-ahead journal, holds and recovery are here; the
+platform-wide lock is moodleops/platform/lock.py; every change to Moodle goes
 through the PHP helper moodleops/php/incident.php, run as the web user."""
 
-from moodleops.incident.errors import IncidentError, LockBusy
-from moodleops.incident.journal import Journal, RunbookLock, new_incident_id
+from moodleops.incident.errors import IncidentError, IncidentIncomplete, JournalError, LockBusy
+from moodleops.incident.journal import Journal, new_incident_id
 from moodleops.incident.runbook import Outcome, Runbook
 
-__all__ = ["IncidentError", "Journal", "LockBusy", "Outcome", "Runbook", "RunbookLock", "new_incident_id"]
+__all__ = ["IncidentError", "IncidentIncomplete", "Journal", "JournalError", "LockBusy", "Outcome", "Runbook",
+           "new_incident_id"]

@@ -1,20 +1,23 @@
-"""`moodleops incident`: suspend / reinstate, messaging suspension, account expiry."""
+"""`moodleops incident`: suspend / reinstate, messaging suspension, account expiry;
+recover an interrupted incident; verify the journal."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import traceback
 from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
 from moodleops.commands import add_area, add_command
 from moodleops.incident.csvinput import parse_renewals_option, parse_user_list, read_user_csv
-from moodleops.incident.errors import IncidentError, LockBusy
-from moodleops.incident.journal import DEFAULT_COPY_DIR
-from moodleops.incident.runbook import Outcome, Runbook, Who
+from moodleops.incident.errors import IncidentError, IncidentIncomplete, JournalError, LockBusy
+from moodleops.incident.journal import DEFAULT_COPY_DIR, verify_file
+from moodleops.incident.runbook import DEFAULT_CHUNK, Outcome, Runbook, Who
 from moodleops.inventory import load_inventory
+from moodleops.inventory.errors import InventoryError
 from moodleops.moodle import MoodleError
 from moodleops.site import site_of
 
@@ -23,16 +26,26 @@ exit status:
   0  done (or dry run shown)
   1  done, but drift or problems were left as is (listed)
   2  bad input: nothing changed (one line on stderr naming the bad value)
-  3  another runbook holds the lock: nothing changed
-  4  Moodle (the PHP helper) failed: see the message; the journal says what was applied
+  3  the platform lock is held (another runbook, an upgrade, a restore): nothing changed;
+     the message says who holds it, since when, doing what
+  4  Moodle (the PHP helper or its database) failed: see the message; the journal says
+     what was applied (`moodleops incident recover` if an incident was left incomplete)
+  5  an earlier incident is incomplete (interrupted): nothing changed; run
+     `moodleops incident recover`
+  6  the journal is damaged (`moodleops incident verify` says where)
+  70 internal error of moodleops (a bug): one line on stderr; the journal says what was
+     applied
 """
 
 APPLY_NOTE = """\
 Dry run by default: the command prints exactly what would change, object by
 object, and changes nothing. Add --apply (or --yes) to do it. Applied actions
-take the runbook lock, go through Moodle's own API (events logged, caches
-purged, sessions ended) and are written to the append-only journal
-<state_dir>/incidents/journal.jsonl on the host, copied to --journal-copy.
+take the platform-wide lock (PostgreSQL advisory lock on Moodle's database),
+write their intent to the journal <state_dir>/incidents/journal.jsonl on the
+host (copied to --journal-copy) before any change, go through Moodle's own API
+(events logged, caches purged, sessions ended) in chunks, each acknowledged in
+the journal as it lands, and close the journal record at the end. An object
+held by several open incidents stays so until the last of them is reinstated.
 """
 
 
@@ -40,7 +53,7 @@ def _runbook(args: argparse.Namespace) -> Runbook:
     inv = load_inventory(args.inventory)
     # "-": no operator copy here (the pyinfra deploy fetches the host journal itself).
     copy = None if str(args.journal_copy) == "-" else args.journal_copy
-    return Runbook(inv, site_of(inv), journal_copy=copy)
+    return Runbook(inv, site_of(inv), journal_copy=copy, chunk_size=getattr(args, "chunk_size", DEFAULT_CHUNK))
 
 
 def _users(args: argparse.Namespace) -> tuple[str, ...]:
@@ -79,8 +92,22 @@ def _guarded(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Name
             print(f"moodleops: error: {exc}", file=sys.stderr)
             return 3
         except MoodleError as exc:
-            print(f"moodleops: error: Moodle helper failed: {exc}", file=sys.stderr)
+            print(f"moodleops: error: Moodle failed: {' '.join(str(exc).split())}", file=sys.stderr)
             return 4
+        except IncidentIncomplete as exc:
+            print(f"moodleops: error: {exc}", file=sys.stderr)
+            return 5
+        except JournalError as exc:
+            print(f"moodleops: error: {exc}", file=sys.stderr)
+            return 6
+        except (InventoryError, KeyboardInterrupt, BrokenPipeError):
+            raise
+        except Exception as exc:  # noqa: BLE001 -- a bug: never mistaken for "drift" (1)
+            where = traceback.extract_tb(exc.__traceback__)[-1]
+            print(f"moodleops: internal error: {type(exc).__name__}: {' '.join(str(exc).split())} "
+                  f"(at {Path(where.filename).name}:{where.lineno}); the journal says what was applied: "
+                  "`moodleops incident list`", file=sys.stderr)
+            return 70
     return run
 
 
@@ -93,14 +120,14 @@ def cmd_suspend(args: argparse.Namespace) -> int:
     who = _who(args)
     make = rb.suspend(schools=tuple(args.school or ()), users=_users(args), platform=args.platform,
                       hide_category=args.hide_category, include_multi_school=args.include_multi_school,
-                      message=args.message)
+                      message=args.message, revoke_tokens=args.revoke_tokens)
     return _finish(rb.run(make, apply=args.apply, who=who, progress=_progress))
 
 
 def cmd_reinstate(args: argparse.Namespace) -> int:
     rb = _runbook(args)
     incident = rb.journal.incident(args.incident_id)
-    who = _who(args, reason=f"reinstate {args.incident_id}", ticket=incident.record.get("ticket"))
+    who = _who(args, reason=f"reinstate {args.incident_id}", ticket=incident.intent.get("ticket"))
     return _finish(rb.run(rb.reinstate(args.incident_id), apply=args.apply, who=who, force=args.force,
                           progress=_progress))
 
@@ -146,22 +173,72 @@ def cmd_list(args: argparse.Namespace) -> int:
     if not incidents:
         print(f"no incident in {rb.journal.path}")
         return 0
-    print(f"{'incident':28} {'at (UTC)':25} {'action':20} {'state':18} {'changed':>7}  ticket / reason")
+    print(f"{'incident':28} {'at (UTC)':25} {'action':20} {'state':30} {'changed':>7} {'held':>5}  ticket / reason")
     for inc in incidents.values():
-        r = inc.record
-        changed = sum(1 for c in r.get("changes", []) if c.get("status") == "changed")
-        state = inc.state if r.get("action") != "reinstate" else f"undoes {r.get('reinstates')}"
-        print(f"{inc.id:28} {r.get('at', ''):25} {r.get('action', ''):20} {state:18} {changed:>7}  "
-              f"{r.get('ticket', '')} / {r.get('reason', '')}")
+        r = inc.intent
+        print(f"{inc.id:28} {r.get('at', ''):25} {inc.action:20} {inc.state:30} {inc.changed_count():>7} "
+              f"{len(inc.pending()):>5}  {r.get('ticket', '')} / {r.get('reason', '')}")
     return 0
 
 
 def cmd_show(args: argparse.Namespace) -> int:
     rb = _runbook(args)
+    incidents = rb.journal.incidents()
     inc = rb.journal.incident(args.incident_id)
-    doc = {"state": inc.state, "record": inc.record, "reinstatements": inc.reinstatements,
-           "pending": inc.pending()}
+    holds = rb.journal.holds(incidents)
+    shared = {str(e.get("label") or e["id"]): sorted(i for i, _ in holds.of((e["kind"], int(e["id"])), besides=inc.id))
+              for e in inc.pending()}
+    doc = {"state": inc.state, "intent": inc.intent, "results": list(inc.results.values()), "close": inc.close,
+           "recoveries": inc.recoveries, "reinstatements": [r.id for r in inc.reinstatements],
+           "pending": inc.pending(), "also_held_by": {k: v for k, v in shared.items() if v}}
     print(json.dumps(doc, indent=2, ensure_ascii=False))
+    return 0
+
+
+def cmd_recover(args: argparse.Namespace) -> int:
+    rb = _runbook(args)
+    who = _who(args, reason="recover an interrupted incident", ticket="recover") if args.apply else None
+    recoveries = rb.recover(apply=args.apply, undo=args.undo, who=who, progress=_progress)
+    if not recoveries:
+        print(f"no incomplete incident in {rb.journal.path}: nothing to recover")
+        return 0
+    for rec in recoveries:
+        for line in rec.render():
+            print(line)
+    return 1 if any(r.drift for r in recoveries) else 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    rb = _runbook(args)
+    paths = [rb.journal.path] + ([rb.journal.copy_path] if rb.journal.copy_path else []) + list(args.files or [])
+    reports = [verify_file(p) for p in paths]
+    bad = False
+    for rep in reports:
+        if rep.problems and rep.problems[0].endswith("no such file") and rep.path != rb.journal.path:
+            print(f"{rep.path}: absent (no operator copy here)")
+            continue
+        legacy = f", {rep.legacy} older record(s) written before the hash chain" if rep.legacy else ""
+        state = "OK" if not rep.problems else f"{len(rep.problems)} PROBLEM(S)"
+        print(f"{rep.path}: {rep.records} record(s){legacy}: {state}")
+        for p in rep.problems:
+            print(f"  {p}")
+        bad = bad or bool(rep.problems)
+    host = reports[0]
+    for rep in reports[1:]:
+        if not rep.hashes:
+            continue
+        common = min(len(host.hashes), len(rep.hashes))
+        if host.hashes[:common] != rep.hashes[:common]:
+            n = next(i for i in range(common) if host.hashes[i] != rep.hashes[i]) + 1
+            print(f"  {rep.path} and the host journal differ from record {n} on: one of them was altered")
+            bad = True
+        elif len(rep.hashes) < len(host.hashes):
+            print(f"  {rep.path} lacks the last {len(host.hashes) - len(rep.hashes)} record(s) of the host "
+                  "journal (copy written elsewhere, or not reachable at the time)")
+    if bad:
+        print("moodleops: error: the journal chain is broken (see above): keep both files as evidence",
+              file=sys.stderr)
+        return 6
     return 0
 
 
@@ -172,6 +249,8 @@ def _common(p: argparse.ArgumentParser, *, applies: bool = True) -> None:
         p.add_argument("--apply", "--yes", dest="apply", action="store_true",
                        help="do it (default: dry run, change nothing)")
         p.add_argument("--operator", metavar="NAME", help="who runs this, when not the OS user (journalled)")
+        p.add_argument("--chunk-size", metavar="N", type=int, default=DEFAULT_CHUNK,
+                       help="objects applied (and acknowledged in the journal) per chunk (default: %(default)s)")
 
 
 def _users_options(p: argparse.ArgumentParser) -> None:
@@ -222,6 +301,9 @@ def register(areas: argparse._SubParsersAction) -> None:
     p.add_argument("--include-multi-school", action="store_true",
                    help="also suspend users who belong to another school too")
     p.add_argument("--message", metavar="TEXT", help="with --platform: the maintenance page message")
+    p.add_argument("--revoke-tokens", action="store_true",
+                   help="also revoke the suspended users' web-service tokens (IRREVERSIBLE: reinstatement "
+                        "does not bring them back)")
     _why_options(p)
     _common(p)
     p.set_defaults(run=_guarded(cmd_suspend))
@@ -300,3 +382,32 @@ def register(areas: argparse._SubParsersAction) -> None:
     p.add_argument("incident_id", metavar="INCIDENT_ID")
     _common(p, applies=False)
     p.set_defaults(run=_guarded(cmd_show))
+
+    p = add_command(
+        commands, "recover", summary="resolve an interrupted incident: complete it or undo what was applied",
+        description="An incident whose journal has an intent but no closing record was interrupted (killed, "
+                    "SSH session lost, host crash). Every new incident is refused until it is resolved. "
+                    "recover reads, for every object of the intent, what Moodle holds now, and shows what was "
+                    "acknowledged, what was applied but not yet acknowledged, what was not applied and what "
+                    "was changed by someone else since. --apply completes the incident (the objects left are "
+                    "applied, the incident is then open as usual); --undo --apply puts back every object it "
+                    "changed (revoked web-service tokens cannot come back).\n\n" + APPLY_NOTE,
+        epilog="examples:\n  moodleops incident recover\n  moodleops incident recover --apply\n"
+               "  moodleops incident recover --undo --apply\n\n" + EXIT)
+    p.add_argument("--undo", action="store_true", help="undo what was applied instead of completing")
+    _why_options(p, required=False)
+    _common(p)
+    p.set_defaults(run=_guarded(cmd_recover))
+
+    p = add_command(
+        commands, "verify", summary="check the journal's hash chain (host journal and operator's copy)",
+        description="Each journal record carries the hash of the record before it and its own. verify "
+                    "recomputes the chain of the host journal and of the operator's copy (--journal-copy) "
+                    "and of any FILE given, and checks that they agree: an edited, removed or inserted "
+                    "line is reported with its line number. Read-only.",
+        epilog="examples:\n  moodleops incident verify\n"
+               "  moodleops incident verify ~/.local/state/moodleops/incidents-production-web1.jsonl\n\n"
+               "exit status:\n  0  intact\n  6  a chain is broken or the files disagree (listed)\n")
+    p.add_argument("files", nargs="*", type=Path, metavar="FILE", help="other journal copies to check")
+    _common(p, applies=False)
+    p.set_defaults(run=_guarded(cmd_verify))

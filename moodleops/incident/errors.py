@@ -1,4 +1,4 @@
-"""Errors the operator can fix: bad input, a busy lock."""
+"""Errors the operator can fix: bad input, a busy lock, an incomplete incident, a damaged journal."""
 
 from __future__ import annotations
 
@@ -8,4 +8,12 @@ class IncidentError(ValueError):
 
 
 class LockBusy(RuntimeError):
-    """Another runbook holds the lock."""
+    """Another runbook (or an upgrade, a restore...) holds the platform lock."""
+
+
+class IncidentIncomplete(RuntimeError):
+    """An earlier incident was interrupted: `moodleops incident recover` first."""
+
+
+class JournalError(RuntimeError):
+    """The journal cannot be written or read back as a valid chain."""

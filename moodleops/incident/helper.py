@@ -1,16 +1,22 @@
-"""Typed access to moodleops/php/incident.php: one PHP process per call, whatever the batch size."""
+"""Typed access to moodleops/php/incident.php: one PHP process per call, whatever
+the batch size; an apply streams one acknowledgement per chunk as it lands."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from moodleops import membership, moodledb
 from moodleops.inventory import Inventory, School
-from moodleops.moodle import MoodleCLI, MoodleError
+from moodleops.moodle import JSON_MARKER, MoodleCLI, MoodleError
 from moodleops.site import SiteError
 
 HELPER = "incident"
+ACK_MARKER = "MOODLEOPS-ACK: "
 
 
 @dataclass(frozen=True)
@@ -24,13 +30,15 @@ class MoodleUser:
     account_type: str | None
     messaging_blocked: bool
     schools: tuple[str, ...]
+    tokens: int = 0          # web-service tokens
 
     @classmethod
     def of(cls, row: dict[str, Any]) -> MoodleUser:
         return cls(id=int(row["id"]), username=str(row["username"]), suspended=int(row["suspended"]),
                    timemodified=int(row["timemodified"]), siteadmin=bool(row["siteadmin"]),
                    guest=bool(row["guest"]), account_type=row.get("account_type"),
-                   messaging_blocked=bool(row["messaging_blocked"]), schools=tuple(row["schools"]))
+                   messaging_blocked=bool(row["messaging_blocked"]), schools=tuple(row["schools"]),
+                   tokens=int(row.get("tokens", 0)))
 
 
 @dataclass(frozen=True)
@@ -99,3 +107,48 @@ class IncidentHelper:
             "action": "apply", "changes": changes, "dry_run": dry_run, "force": force})
         results: list[dict[str, Any]] = answer["results"]
         return results
+
+    def state(self, objects: list[dict[str, Any]]) -> list[dict[str, Any] | None]:
+        """What Moodle holds now for each {kind, id}, in the journal's shape (None: gone)."""
+        if not objects:
+            return []
+        answer = self.moodle.tool(self.script, payload={
+            "action": "state", "objects": [{"kind": o["kind"], "id": o["id"]} for o in objects]})
+        states: list[dict[str, Any] | None] = answer["states"]
+        return states
+
+    def apply_chunks(self, changes: list[dict[str, Any]], *, chunk_size: int, force: bool,
+                     lock: dict[str, Any], fault: dict[str, Any] | None = None,
+                     on_start: Callable[[], None] | None = None) -> Iterator[list[dict[str, Any]]]:
+        """Apply `changes` in one PHP process, chunk by chunk, yielding each chunk's
+        results as PHP acknowledges it (it has applied the chunk when it says so).
+        PHP holds the platform writer lock (`lock`, from moodleops.platform.lock)
+        while it applies, and stops between chunks if our platform lock is gone."""
+        payload = {"action": "apply", "changes": changes, "dry_run": False, "force": force,
+                   "chunk_size": chunk_size, "lock": lock, "fault": fault}
+        script = self.script if "/" in self.script else str(self.moodle.site.lib_dir / "php" / f"{self.script}.php")
+        argv = self.moodle._as_web_user([self.moodle.site.php, script, str(self.moodle.site.config_php)])
+        with tempfile.TemporaryFile("w+", encoding="utf-8") as err:
+            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True,
+                                    bufsize=1)
+            try:
+                assert proc.stdin is not None and proc.stdout is not None
+                proc.stdin.write(json.dumps(payload))
+                proc.stdin.close()
+                if on_start:
+                    on_start()
+                done = False
+                for line in proc.stdout:
+                    if line.startswith(ACK_MARKER):
+                        yield list(json.loads(line[len(ACK_MARKER):])["results"])
+                    elif line.startswith(JSON_MARKER):
+                        done = True
+                code = proc.wait()
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+            if code != 0 or not done:
+                err.seek(0)
+                detail = err.read().strip()[-2000:]
+                raise MoodleError(f"{self.script}.php apply exited {code}: {detail or 'no message'}")

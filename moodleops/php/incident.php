@@ -6,13 +6,17 @@
 // that events are logged, caches purged and sessions ended.
 //   php incident.php /srv/moodle/current/config.php < request.json
 // stdin: {"action": "read", ...} or {"action": "apply", "changes": [...], "dry_run": bool, "force": bool}
-// stdout: one line "MOODLEOPS-JSON: {...}". Planning, journal and locking live
-// in Python (moodleops/incident); this script only reads and applies, one
-// process for the whole batch.
+//        or {"action": "state", "objects": [{kind, id}, ...]}
+// stdout: one line "MOODLEOPS-JSON: {...}"; an apply first prints one line
+// "MOODLEOPS-ACK: {...}" per chunk once the chunk is applied (the Python side
+// journals it). Planning and the journal live in Python (moodleops/incident);
+// this script reads and applies, one process for the whole batch, holding the
+// platform writer lock (moodleops/platform/lock.py) while it applies.
 require(__DIR__ . '/_bootstrap.php');
 require_once($CFG->dirroot . '/user/lib.php');
 require_once($CFG->libdir . '/adminlib.php');
 require_once($CFG->libdir . '/accesslib.php');
+require_once($CFG->dirroot . '/webservice/lib.php');
 
 const NOMESSAGING_ROLE = 'moodleops_nomessaging';
 
@@ -88,6 +92,9 @@ function moodleops_user_rows(array $ids, array $schoolsof, string $typefield): a
             "roleid = ? AND contextid = ? AND userid $insql3",
             array_merge([$roleid, context_system::instance()->id], $params3))));
     }
+    [$insql4, $params4] = $DB->get_in_or_equal($ids);
+    $tokens = $DB->get_records_sql_menu("SELECT userid, COUNT(1) FROM {external_tokens}
+                                          WHERE userid $insql4 GROUP BY userid", $params4);
     $admins = array_flip(array_map('intval', explode(',', $CFG->siteadmins)));
     $out = [];
     foreach ($users as $u) {
@@ -103,6 +110,7 @@ function moodleops_user_rows(array $ids, array $schoolsof, string $typefield): a
             'account_type' => $types[$id] ?? null,
             'messaging_blocked' => isset($blocked[$id]),
             'schools' => $schoolsof[$id] ?? [],
+            'tokens' => (int)($tokens[$id] ?? 0),
         ];
     }
     return $out;
@@ -119,6 +127,8 @@ function moodleops_platform_state(): array {
     global $CFG;
     return [
         'cli_maintenance' => file_exists($CFG->dataroot . '/climaintenance.html'),
+        // The web maintenance switch (Site administration > Server > Maintenance mode), apart from CLI's.
+        'maintenance_enabled' => (int)get_config('core', 'maintenance_enabled'),
         'maintenance_message' => (string)(get_config('core', 'maintenance_message') ?: ''),
     ];
 }
@@ -203,7 +213,13 @@ function moodleops_state_of(array $c): ?array {
             return ['blocked' => $blocked ? 1 : 0];
         case 'platform_maintenance':
             $p = moodleops_platform_state();
-            return ['cli_maintenance' => $p['cli_maintenance'] ? 1 : 0, 'maintenance_message' => $p['maintenance_message']];
+            return ['cli_maintenance' => $p['cli_maintenance'] ? 1 : 0,
+                'maintenance_enabled' => $p['maintenance_enabled'], 'maintenance_message' => $p['maintenance_message']];
+        case 'ws_tokens':
+            if (!$DB->record_exists('user', ['id' => $c['id'], 'deleted' => 0])) {
+                return null;
+            }
+            return ['count' => $DB->count_records('external_tokens', ['userid' => $c['id']])];
     }
     throw new coding_exception('unknown change kind ' . $c['kind']);
 }
@@ -252,47 +268,126 @@ function moodleops_do(array $c): void {
             if (array_key_exists('maintenance_message', $to)) {
                 set_config('maintenance_message', $to['maintenance_message'] === '' ? null : $to['maintenance_message']);
             }
+            if (array_key_exists('maintenance_enabled', $to)) {
+                set_config('maintenance_enabled', (int)$to['maintenance_enabled']);
+            }
             if ((int)$to['cli_maintenance'] === 1) {
                 enable_cli_maintenance_mode();   // writes climaintenance.html with the message
-                set_config('maintenance_enabled', 0);
             } else if (file_exists("$CFG->dataroot/climaintenance.html")) {
                 unlink("$CFG->dataroot/climaintenance.html");
             }
             return;
+        case 'ws_tokens':
+            if ((int)$to['count'] === 0) {
+                webservice::delete_user_ws_tokens((int)$c['id']);
+                return;
+            }
+            throw new coding_exception('web-service tokens can only be revoked');
     }
     throw new coding_exception('unknown change kind ' . $c['kind']);
 }
 
+/** One change, checked against `expect` first; the result in the journal's shape. */
+function moodleops_apply_one(array $c, bool $dryrun, bool $force): array {
+    $before = moodleops_state_of($c);
+    $res = ['kind' => $c['kind'], 'id' => $c['id'] ?? null, 'before' => $before];
+    if ($before === null) {
+        $res['status'] = 'gone';
+    } else if (!empty($c['expect']) && !moodleops_matches($before, $c['expect']) && !$force) {
+        // Changed since it was recorded (a hand edit): left as is, reported.
+        $res['status'] = 'drift';
+    } else if (moodleops_matches($before, $c['to'])) {
+        $res['status'] = 'unchanged';
+    } else {
+        $res['status'] = $dryrun ? 'would_change' : 'changed';
+        if (!$dryrun) {
+            moodleops_do($c);
+        }
+    }
+    $res['after'] = $dryrun ? null : moodleops_state_of($c);
+    return $res;
+}
+
 /**
- * Apply changes in order. Each change: {kind, id, to: {...}, expect: {...}}.
- * A change whose object no longer matches `expect` is drift: left as is unless
- * force (checked first: a hand edit is reported even when it already reached
- * `to`). A change whose object is already at `to` is `unchanged`.
+ * The platform writer lock (moodleops/platform/lock.py): held by this process's
+ * own database session for as long as it applies, so that killing the Python
+ * side does not free the platform while we still write. Also checks that the
+ * platform key is held by the session that started us (else we were orphaned).
+ */
+function moodleops_take_writer_lock(array $lock): void {
+    global $DB;
+    if ($DB->get_dbfamily() !== 'postgres') {
+        throw new moodle_exception('generalexceptionmessage', 'error', '', 'the platform lock needs PostgreSQL');
+    }
+    $DB->execute("SELECT set_config('application_name', ?, false)",
+        [substr('moodleops php pid ' . getmypid() . ': applying ' . ($lock['what'] ?? ''), 0, 63)]);
+    if (!$DB->get_field_sql('SELECT pg_try_advisory_lock(?, ?)', [$lock['class'], $lock['writer']])) {
+        fwrite(STDERR, "another Moodle writer holds the platform writer lock; nothing changed\n");
+        exit(3);
+    }
+    if (!moodleops_caller_holds_platform($lock)) {
+        fwrite(STDERR, "the runbook that started this helper no longer holds the platform lock; nothing changed\n");
+        exit(3);
+    }
+}
+
+function moodleops_caller_holds_platform(array $lock): bool {
+    global $DB;
+    return $DB->record_exists_sql("SELECT 1 FROM pg_locks
+        WHERE locktype = 'advisory' AND granted AND classid = ? AND objid = ? AND objsubid = 2 AND pid = ?
+          AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        [$lock['class'], $lock['platform'], $lock['holder_backend']]);
+}
+
+/** Test fault injection: stop here (marker file written) until killed. */
+function moodleops_stall(?array $fault, string $point): void {
+    if ($fault && ($fault['point'] ?? '') === $point) {
+        file_put_contents($fault['marker'], $point . "\n");
+        sleep(600);
+        exit(9);
+    }
+}
+
+/**
+ * Apply changes in order, in chunks; after each chunk one ack line with its
+ * results. Each change: {kind, id, to: {...}, expect: {...}}. A change whose
+ * object no longer matches `expect` is drift: left as is unless force (checked
+ * first: a hand edit is reported even when it already reached `to`). A change
+ * whose object is already at `to` is `unchanged`.
  */
 function moodleops_apply(array $r): array {
     $dryrun = !empty($r['dry_run']);
     $force = !empty($r['force']);
-    $results = [];
-    foreach ($r['changes'] ?? [] as $c) {
-        $before = moodleops_state_of($c);
-        $res = ['kind' => $c['kind'], 'id' => $c['id'] ?? null, 'before' => $before];
-        if ($before === null) {
-            $res['status'] = 'gone';
-        } else if (!empty($c['expect']) && !moodleops_matches($before, $c['expect']) && !$force) {
-            // Changed since it was recorded (a hand edit): left as is, reported.
-            $res['status'] = 'drift';
-        } else if (moodleops_matches($before, $c['to'])) {
-            $res['status'] = 'unchanged';
-        } else {
-            $res['status'] = $dryrun ? 'would_change' : 'changed';
-            if (!$dryrun) {
-                moodleops_do($c);
-            }
-        }
-        $res['after'] = $dryrun ? null : moodleops_state_of($c);
-        $results[] = $res;
+    $changes = $r['changes'] ?? [];
+    if ($dryrun) {
+        return ['results' => array_map(fn($c) => moodleops_apply_one($c, true, $force), $changes), 'dry_run' => true];
     }
-    return ['results' => $results, 'dry_run' => $dryrun];
+    $fault = $r['fault'] ?? null;
+    moodleops_take_writer_lock($r['lock']);
+    $size = max(1, (int)($r['chunk_size'] ?? 200));
+    $n = 0;
+    foreach (array_chunk($changes, $size) as $i => $chunk) {
+        if ($i > 0 && !moodleops_caller_holds_platform($r['lock'])) {
+            // Nobody journals our acks any more: stop at a chunk boundary, recover takes it from here.
+            fwrite(STDERR, "the runbook was stopped: applied $n change(s), the rest left to `incident recover`\n");
+            exit(3);
+        }
+        $results = [];
+        foreach ($chunk as $j => $c) {
+            if ($i === 1 && $j === intdiv(count($chunk), 2)) {
+                moodleops_stall($fault, 'mid-chunk');
+            }
+            $results[] = moodleops_apply_one($c, false, $force);
+            $n++;
+        }
+        echo 'MOODLEOPS-ACK: ' . json_encode(['chunk' => $i, 'results' => $results]) . "\n";
+        fflush(STDOUT);
+    }
+    return ['applied' => $n, 'dry_run' => false];
+}
+
+function moodleops_states(array $r): array {
+    return ['states' => array_map('moodleops_state_of', $r['objects'] ?? [])];
 }
 
 switch ($request['action']) {
@@ -302,8 +397,11 @@ switch ($request['action']) {
     case 'apply':
         $out = moodleops_apply($request);
         break;
+    case 'state':
+        $out = moodleops_states($request);
+        break;
     default:
-        fwrite(STDERR, "unknown action {$request['action']} (allowed: read, apply)\n");
+        fwrite(STDERR, "unknown action {$request['action']} (allowed: read, apply, state)\n");
         exit(2);
 }
 moodleops_reply($out);

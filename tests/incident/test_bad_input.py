@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from moodleops.cli import main
-from moodleops.incident.journal import RunbookLock
+from moodleops.platform.lock import platform_lock
 
 pytestmark = pytest.mark.stack
 
@@ -83,9 +83,8 @@ def test_already_reinstated_incident(world, capsys) -> None:
 
 
 def test_lock_busy_changes_nothing(world, unchanged, capsys) -> None:
-    rb = world.runbook()
-    with RunbookLock(rb.host_dir, "another runbook (test)"):
+    with platform_lock(world.site, "another runbook (test)"):
         assert main(_run(world, "suspend", "--users", world.username("b1"), *WHY,
                          "--journal-copy", str(world.journal_copy))) == 3
     err = capsys.readouterr().err
-    assert "another runbook holds" in err and "another runbook (test)" in err
+    assert "the platform lock is held by" in err and "another runbook (test)" in err and "since" in err

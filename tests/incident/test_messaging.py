@@ -47,17 +47,18 @@ def test_messaging_suspend_and_reinstate(world, capsys) -> None:
     # The account itself is not suspended: m1 still logs in.
     assert world.login("m1").is_logged_in()
 
-    # Re-running changes nothing; reinstating by the CLI `messaging reinstate` lifts it.
-    again = rb.run(rb.messaging((world.username("m1"),), block=True), apply=True, who=WHO)
-    assert again.plan.changes == []
+    # Re-running the same runbook changes nothing.
+    again = rb.run(rb.messaging((world.username("m1"), "admin"), block=True), apply=True, who=WHO)
+    assert again.plan.changes == [] and again.incident is None
+    # `messaging reinstate` does not lift a block an open incident holds: it names the incident.
     assert main([*world.cli_args(), "incident", "messaging", "reinstate", "--users", world.username("m1"),
                  "--reason", "cleaned", "--ticket", "TEST-M", "--apply",
                  "--journal-copy", str(world.journal_copy)]) == 0
-    assert "changed" in capsys.readouterr().out
+    assert f"held by open incident {out.incident}" in capsys.readouterr().out
+    assert world.users_state()["m1"]["messaging_blocked"]
+
+    back = rb.run(rb.reinstate(out.incident), apply=True, who=WHO)
+    assert [r["status"] for r in back.results] == ["changed"]
+    assert not world.users_state()["m1"]["messaging_blocked"]
     ok, why = _send(session, world.ids["b1"], "hello after")
     assert ok, why
-
-    # The incident itself can be reinstated too... but it is already undone by hand: drift, nothing changed.
-    back = rb.run(rb.reinstate(out.incident), apply=True, who=WHO)
-    assert [r["status"] for r in back.results] == ["drift"]
-    assert not world.users_state()["m1"]["messaging_blocked"]
