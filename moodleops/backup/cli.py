@@ -18,6 +18,8 @@ from moodleops.backup.school_export import EXPORT_ID, export_school, export_stat
 from moodleops.commands import add_area, add_command
 from moodleops.inventory import load_inventory
 from moodleops.moodle import MoodleError
+from moodleops.platform.guard import PlatformHeld, platform_operation
+from moodleops.platform.lock import PlatformLockBusy, PlatformLockError
 from moodleops.site import site_of
 
 EXIT = """\
@@ -128,8 +130,11 @@ def cmd_restore(args: argparse.Namespace) -> int:
     if not args.confirm:
         print("dry run: nothing changed (add --confirm to replace the target's data)")
         return 0
-    with backup_lock(target):
-        rep = restore.apply(s3, cfg, p, target_inv)
+    try:
+        with platform_operation(target, target_inv.env, f"backup restore {key}"), backup_lock(target):
+            rep = restore.apply(s3, cfg, p, target_inv)
+    except (PlatformHeld, PlatformLockBusy, PlatformLockError) as exc:
+        return _err(str(exc))
     print("\n".join(rep.lines()))
     print(f"Moodle serves the restored data at {target.wwwroot}")
     return 0

@@ -290,7 +290,7 @@ class Runbook:
         chunks = -(-len(entries) // self.chunk_size)
         labels = {key_of(e): e.get("label", "") for e in entries}
         results: list[dict[str, Any]] = []
-        lock = writer_lock_spec(conn, incident)
+        lock = writer_lock_spec(self.site, conn, incident)
         fault = _fault()
         for n, chunk in enumerate(self.helper.apply_chunks(
                 [{"kind": e["kind"], "id": e["id"], "to": e["to"], "expect": e["expect"]} for e in entries],

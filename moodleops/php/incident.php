@@ -335,8 +335,8 @@ function moodleops_caller_holds_platform(array $lock): bool {
     global $DB;
     return $DB->record_exists_sql("SELECT 1 FROM pg_locks
         WHERE locktype = 'advisory' AND granted AND classid = ? AND objid = ? AND objsubid = 2 AND pid = ?
-          AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
-        [$lock['class'], $lock['platform'], $lock['holder_backend']]);
+          AND database = (SELECT oid FROM pg_database WHERE datname = ?)",
+        [$lock['class'], $lock['platform'], $lock['holder_backend'], $lock['platform_db']]);
 }
 
 /** Test fault injection: stop here (marker file written) until killed. */

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 from moodleops.commands import add_area, add_command
 from moodleops.inventory import Inventory, check_mirror, load_inventory
 from moodleops.platform.ansible import run_playbook
+from moodleops.platform.guard import PlatformHeld, platform_operation
 from moodleops.platform.health import check_health
+from moodleops.platform.lock import PlatformLockBusy, PlatformLockError
 from moodleops.platform.secrets import ensure_local_secrets
 from moodleops.site import site_of
 
@@ -75,7 +78,15 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
         print("dry run: pre-flight and what would change (add --apply to upgrade)")
         extra.append("--check")
     started = time.monotonic()
-    result = run_playbook(inv, "upgrade.yml", extra)
+    if args.apply:
+        try:
+            with platform_operation(site_of(inv), inv.env, "platform upgrade"):
+                result = run_playbook(inv, "upgrade.yml", extra)
+        except (PlatformHeld, PlatformLockBusy, PlatformLockError) as exc:
+            print(f"moodleops: error: {' '.join(str(exc).split())}", file=sys.stderr)
+            return 1
+    else:
+        result = run_playbook(inv, "upgrade.yml", extra)
     took = time.monotonic() - started
     if not result.ok:
         print(f"moodleops: error: upgrade failed after {took:.0f} s; the output above says where "
@@ -88,14 +99,22 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
 def cmd_maintenance(args: argparse.Namespace) -> int:
     from moodleops.moodle import MoodleCLI
     inv = load_inventory(args.inventory)
-    moodle = MoodleCLI(site_of(inv))
-    if args.state == "on":
-        if args.message:
-            moodle.run("admin/cli/cfg.php", "--name=maintenance_message", f"--set={args.message}")
-        moodle.run("admin/cli/maintenance.php", "--enable")
-    else:
-        moodle.run("admin/cli/maintenance.php", "--disable")
-        moodle.run("admin/cli/cron.php", "--enable")
+    site = site_of(inv)
+    moodle = MoodleCLI(site)
+    try:
+        if args.state == "on":
+            with platform_operation(site, inv.env, "platform maintenance on"):
+                if args.message:
+                    moodle.run("admin/cli/cfg.php", "--name=maintenance_message", f"--set={args.message}")
+                moodle.run("admin/cli/maintenance.php", "--enable")
+        else:
+            # Refused while an incident holds the platform: its reinstatement restores both modes exactly.
+            with platform_operation(site, inv.env, "platform maintenance off"):
+                moodle.run("admin/cli/maintenance.php", "--disable")
+                moodle.run("admin/cli/cron.php", "--enable")
+    except (PlatformHeld, PlatformLockBusy, PlatformLockError) as exc:
+        print(f"moodleops: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 1
     print(moodle.run("admin/cli/maintenance.php").stdout.strip().splitlines()[-1])
     return 0
 
@@ -153,9 +172,12 @@ def register(areas: argparse._SubParsersAction) -> None:
     maint = add_command(
         commands, "maintenance", summary="turn CLI maintenance on (with a message) or off (and resume cron)",
         description="Moodle's own maintenance switch (admin/cli/maintenance.php). `off` also re-enables cron, "
-                    "which an upgrade pauses.",
+                    "which an upgrade pauses. Both take the platform lock; both refuse while an incident "
+                    "runbook holds the platform in maintenance (its reinstatement restores it exactly).",
         epilog="examples:\n  moodleops platform maintenance on --message 'Intervention en cours'\n"
-               "  moodleops platform maintenance off\n")
+               "  moodleops platform maintenance off\n"
+               "exit status:\n  0  done\n  1  refused: a platform incident is open, or the platform lock is "
+               "held (the message says by whom)\n")
     maint.add_argument("state", choices=["on", "off"])
     maint.add_argument("--message", help="message shown to users while maintenance is on")
     maint.set_defaults(run=cmd_maintenance)

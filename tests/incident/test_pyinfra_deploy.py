@@ -44,7 +44,10 @@ def test_pyinfra_runs_the_runbook_and_fetches_the_journal(world, tmp_path) -> No
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert world.users_state()["b1"]["suspended"] == 1
     copy = tmp_path / f"incidents-{world.inv.env}-@local.jsonl"
-    rec = json.loads(copy.read_text().splitlines()[-1])
+    records = [json.loads(ln) for ln in copy.read_text().splitlines()]
+    assert records[-1]["type"] == "close" and records[-1]["outcome"] == "done"
+    rec = next(r for r in reversed(records) if r.get("type") == "intent")
+    assert rec["incident"] == records[-1]["incident"]
     assert rec["action"] == "suspend" and rec["scope"]["users"] == [user] and rec["reason"] == "pyinfra test"
     assert copy.read_text() == world.runbook().journal.path.read_text()
 

@@ -56,13 +56,19 @@ def test_suspend_school_then_reinstate_exactly(world, capsys) -> None:
     assert state["a2"]["suspended"] == 1 and state["b1"]["suspended"] == 0
 
     # Journal on the host and in the operator's copy, same line; ids and usernames only.
+    # Write-ahead: the intent (every object, before and planned after), then chunk acks, then the close.
     host_lines = rb.journal.path.read_text().splitlines()
-    rec = json.loads(host_lines[-1])
-    assert rec["incident"] == out.incident and rec["ticket"] == "TEST-1" and rec["operator"] == "pytest"
+    mine = [json.loads(ln) for ln in host_lines if json.loads(ln)["incident"] == out.incident]
+    assert mine[0]["type"] == "intent" and mine[-1]["type"] == "close"
+    assert {r["type"] for r in mine[1:-1]} == {"chunk"}
+    rec = mine[0]
+    assert rec["ticket"] == "TEST-1" and rec["operator"] == "pytest"
     assert rec["os_user"] and rec["scope"]["schools"] == [world.codes["a"]]
-    a1 = next(c for c in rec["changes"] if c["label"] == world.username("a1"))
-    assert a1["before"]["suspended"] == 0 and a1["after"]["suspended"] == 1 and a1["id"] == world.ids["a1"]
-    assert "email" not in json.dumps(rec) and "Test" not in json.dumps(rec)
+    a1 = next(c for c in rec["entries"] if c["label"] == world.username("a1"))
+    assert a1["before"]["suspended"] == 0 and a1["to"] == {"suspended": 1} and a1["id"] == world.ids["a1"]
+    acked = next(r for c in mine[1:-1] for r in c["results"] if r["id"] == world.ids["a1"])
+    assert acked["status"] == "changed" and acked["after"]["suspended"] == 1
+    assert "email" not in "".join(host_lines) and "Test" not in "".join(host_lines)
     assert rb.journal.copy_path is not None
     assert rb.journal.copy_path.read_text().splitlines()[-1] == host_lines[-1]
 
