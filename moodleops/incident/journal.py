@@ -170,10 +170,22 @@ class Journal:
     # -- writing ---------------------------------------------------------------------
 
     def _last_hash(self) -> str:
-        last = GENESIS
-        for _n, line, _rec in self._lines(self.path):
-            last = hashlib.sha256(line.encode("utf-8")).hexdigest()
-        return last
+        """Hash of the last line as written (read from the end: the journal only grows)."""
+        if not self.path.is_file():
+            return GENESIS
+        with open(self.path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            end = fh.tell()
+            tail = b""
+            while end > 0:
+                step = min(end, 1 << 20)
+                end -= step
+                fh.seek(end)
+                tail = fh.read(step) + tail
+                lines = [ln for ln in tail.split(b"\n") if ln.strip()]
+                if len(lines) >= 2 or (end == 0 and lines):
+                    return hashlib.sha256(lines[-1]).hexdigest()
+        return GENESIS
 
     def append(self, record: dict[str, Any]) -> list[str]:
         """Append one record to the host journal (checked, fsynced) -- a failure there
@@ -357,6 +369,6 @@ def verify_file(path: Path) -> VerifyReport:
             if rec.get("prev") != prev_line_hash:
                 rep.problems.append(f"{path}:{n}: the chain is broken before this line (a line was "
                                     "removed, inserted or altered above)")
-        rep.hashes.append(str(rec.get("hash")) if isinstance(rec, dict) else "")
         prev_line_hash = hashlib.sha256(raw).hexdigest()
+        rep.hashes.append(prev_line_hash)   # of the line as written: two copies must agree byte for byte
     return rep

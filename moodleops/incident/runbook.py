@@ -182,7 +182,8 @@ class Runbook:
             raise IncidentError("--hide-category needs --school")
         scope = {"schools": [s.code for s in chosen], "users": list(users), "platform": platform,
                  "hide_category": hide_category, "include_multi_school": include_multi_school,
-                 "membership": self.inv.platform.membership_method, "revoke_tokens": revoke_tokens}
+                 "membership": self.inv.platform.membership_method, "revoke_tokens": revoke_tokens,
+                 "message": message}
 
         def make(holds: Holds, _incidents: dict[str, Incident]) -> Plan:
             snap = self.helper.read(expand=chosen, usernames=users,

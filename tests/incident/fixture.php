@@ -5,6 +5,7 @@
 // real schools' cohorts. Run by MoodleCLI.tool with a JSON payload.
 //   {"action": "setup", "schools": [...], "users": [...], "account_type_field": "..."}
 //   {"action": "hand_edit", "userid": N, "fields": {...}}
+//   {"action": "token", "userid": N}
 //   {"action": "cleanup", "userids": [...], "categoryids": [...]}
 define('CLI_SCRIPT', true);
 define('NO_OUTPUT_BUFFERING', true);
@@ -87,6 +88,13 @@ switch ($r['action']) {
     case 'hand_edit':
         // What an administrator does in the user edit form.
         user_update_user((object)(['id' => (int)$r['userid']] + $r['fields']), false);
+        break;
+    case 'token':
+        // A permanent web-service token for the mobile app service, as a user gets from the app.
+        require_once($CFG->libdir . '/externallib.php');
+        $serviceid = $DB->get_field('external_services', 'id', ['shortname' => 'moodle_mobile_app'], MUST_EXIST);
+        $out = ['token' => external_generate_token(EXTERNAL_TOKEN_PERMANENT, $serviceid, (int)$r['userid'],
+            context_system::instance())];
         break;
     case 'cleanup':
         foreach ($r['userids'] as $id) {

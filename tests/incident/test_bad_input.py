@@ -88,3 +88,31 @@ def test_lock_busy_changes_nothing(world, unchanged, capsys) -> None:
                          "--journal-copy", str(world.journal_copy))) == 3
     err = capsys.readouterr().err
     assert "the platform lock is held by" in err and "another runbook (test)" in err and "since" in err
+
+
+def test_tampered_journal_line_detected_by_verify(world, tmp_path, capsys) -> None:
+    rb = world.runbook()
+    assert main(_run(world, "verify", "--journal-copy", str(world.journal_copy))) == 0
+    out = capsys.readouterr().out
+    assert "OK" in out and str(rb.journal.path) in out
+    # A copy with one line edited (a reinstated account turned into "not changed"): detected, line named.
+    lines = rb.journal.path.read_text().splitlines()
+    n = next(i for i, ln in enumerate(lines) if '"status": "changed"' in ln)
+    lines[n] = lines[n].replace('"status": "changed"', '"status": "unchanged"', 1)
+    tampered = tmp_path / "tampered.jsonl"
+    tampered.write_text("\n".join(lines) + "\n")
+    assert main(_run(world, "verify", str(tampered), "--journal-copy", str(world.journal_copy))) == 6
+    out = capsys.readouterr().out
+    assert f"{tampered}:{n + 1}: record" in out and "altered" in out
+    assert "differ from record" in out
+
+
+def test_unexpected_error_has_its_own_exit_status(world, monkeypatch, capsys) -> None:
+    from moodleops.incident.runbook import Runbook
+
+    def boom(self, *a, **k):
+        raise ZeroDivisionError("simulated bug")
+    monkeypatch.setattr(Runbook, "run", boom)
+    assert main(_run(world, "suspend", "--users", world.username("b1"), *WHY)) == 70
+    err = capsys.readouterr().err
+    assert "internal error: ZeroDivisionError: simulated bug" in err and "Traceback" not in err

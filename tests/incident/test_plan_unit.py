@@ -100,3 +100,23 @@ def test_incomplete_incident_and_hash_chain(tmp_path) -> None:
     # Dropping a line breaks the chain of the next one.
     j.path.write_text("\n".join([lines[1]]) + "\n")
     assert any("chain is broken" in p for p in verify_file(j.path).problems)
+
+
+def test_short_writes_are_completed_and_a_stuck_write_fails(tmp_path, monkeypatch) -> None:
+    import os
+
+    from moodleops.incident.errors import JournalError
+    real_write = os.write
+    calls = []
+
+    def short(fd, data):   # the kernel may write less than asked: the rest must follow
+        calls.append(len(data))
+        return real_write(fd, bytes(data[:7]))
+    monkeypatch.setattr(os, "write", short)
+    j = Journal(tmp_path / "host", tmp_path / "copy", "local")
+    j.append({"type": "close", "incident": "INC-s", "outcome": "done"})
+    assert len(calls) > 2 and not verify_file(j.path).problems
+    assert j.path.read_bytes() == (tmp_path / "copy" / "incidents-local.jsonl").read_bytes()
+    monkeypatch.setattr(os, "write", lambda fd, data: 0)
+    with pytest.raises(JournalError, match="short write"):
+        j.append({"type": "close", "incident": "INC-t", "outcome": "done"})
