@@ -128,7 +128,7 @@ class Incident:
         if self.action == "reinstate":
             return f"undoes {self.intent.get('reinstates')}"
         if not self.held():
-            return "no-change"
+            return "done" if self.changed_count() else "no-change"
         if not self.reinstatements or all(r.outcome != "done" for r in self.reinstatements):
             return "open"
         return "reinstated" if not self.pending() else "partly-reinstated"

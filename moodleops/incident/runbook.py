@@ -277,8 +277,12 @@ class Runbook:
                 return Outcome(plan, [], dry_run=False)
             warnings = self.journal.append(self._intent(incident, plan, who, force))
             _stall("after-intent")
-            results = self._apply(conn, incident, [c.entry() for c in plan.applied], force=force,
-                                  progress=progress, warnings=warnings)
+            try:
+                results = self._apply(conn, incident, [c.entry() for c in plan.applied], force=force,
+                                      progress=progress, warnings=warnings)
+            except MoodleError as exc:
+                raise MoodleError(f"{exc} -- incident {incident} is incomplete: `moodleops incident recover` "
+                                  "shows what was applied") from None
             warnings += self._close(incident, "done", results)
             return Outcome(plan, results, dry_run=False, incident=incident, warnings=_unique(warnings))
 
@@ -363,7 +367,9 @@ class Runbook:
     def recover(self, *, apply: bool, undo: bool, who: Who | None,
                 progress: Callable[[str], None] | None = None) -> list[Recovery]:
         if not apply:
-            return [Recovery(self.assess(inc), undo=undo, dry_run=True) for inc in self.journal.incomplete()]
+            # Under the lock too: an incident whose runbook is still running is not "interrupted".
+            with self.locked("incident recover (dry run)"):
+                return [Recovery(self.assess(inc), undo=undo, dry_run=True) for inc in self.journal.incomplete()]
         if who is None:
             raise IncidentError("applying needs a reason and a ticket (--reason, --ticket)")
         out: list[Recovery] = []

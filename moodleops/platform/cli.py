@@ -103,7 +103,7 @@ def cmd_maintenance(args: argparse.Namespace) -> int:
     moodle = MoodleCLI(site)
     try:
         if args.state == "on":
-            with platform_operation(site, inv.env, "platform maintenance on"):
+            with platform_operation(site, inv.env, "platform maintenance on", refuse_if_held=False):
                 if args.message:
                     moodle.run("admin/cli/cfg.php", "--name=maintenance_message", f"--set={args.message}")
                 moodle.run("admin/cli/maintenance.php", "--enable")
@@ -172,7 +172,7 @@ def register(areas: argparse._SubParsersAction) -> None:
     maint = add_command(
         commands, "maintenance", summary="turn CLI maintenance on (with a message) or off (and resume cron)",
         description="Moodle's own maintenance switch (admin/cli/maintenance.php). `off` also re-enables cron, "
-                    "which an upgrade pauses. Both take the platform lock; both refuse while an incident "
+                    "which an upgrade pauses. Both take the platform lock; `off` refuses while an incident "
                     "runbook holds the platform in maintenance (its reinstatement restores it exactly).",
         epilog="examples:\n  moodleops platform maintenance on --message 'Intervention en cours'\n"
                "  moodleops platform maintenance off\n"

@@ -29,12 +29,12 @@ def platform_incidents(site: Site, env: str) -> list[str]:
 
 
 @contextmanager
-def platform_operation(site: Site, env: str, what: str) -> Iterator[Any]:
-    """Refuse (PlatformHeld) while a platform incident is open, then hold the
-    platform lock for the body (PlatformLockBusy / PlatformLockError when it
-    cannot be had)."""
+def platform_operation(site: Site, env: str, what: str, *, refuse_if_held: bool = True) -> Iterator[Any]:
+    """Hold the platform lock for the body (PlatformLockBusy / PlatformLockError
+    when it cannot be had) and, unless refuse_if_held is False, refuse
+    (PlatformHeld) while a platform incident is open."""
     with platform_lock(site, what) as conn:
-        held = platform_incidents(site, env)
+        held = platform_incidents(site, env) if refuse_if_held else []
         if held:
             raise PlatformHeld(f"{what} refused: platform incident {', '.join(held)} holds the platform in "
                                f"maintenance; reinstate it first (`moodleops incident reinstate {held[0]}`, "
