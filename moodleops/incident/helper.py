@@ -17,6 +17,7 @@ from moodleops.site import SiteError
 
 HELPER = "incident"
 ACK_MARKER = "MOODLEOPS-ACK: "
+PROTOCOL = 2   # MOODLEOPS_INCIDENT_PROTOCOL of incident.php
 
 
 @dataclass(frozen=True)
@@ -143,6 +144,10 @@ class IncidentHelper:
                         yield list(json.loads(line[len(ACK_MARKER):])["results"])
                     elif line.startswith(JSON_MARKER):
                         done = True
+                        if json.loads(line[len(JSON_MARKER):]).get("protocol") != PROTOCOL:
+                            raise MoodleError(f"the installed helper {script} is another version than this "
+                                              "moodleops (no chunk acknowledgements): install this one "
+                                              "(`moodleops platform up`)")
                 code = proc.wait()
             finally:
                 if proc.poll() is None:

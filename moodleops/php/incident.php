@@ -19,6 +19,8 @@ require_once($CFG->libdir . '/accesslib.php');
 require_once($CFG->dirroot . '/webservice/lib.php');
 
 const NOMESSAGING_ROLE = 'moodleops_nomessaging';
+// Version of the apply exchange with moodleops/incident/helper.py (chunk acks + writer lock).
+const MOODLEOPS_INCIDENT_PROTOCOL = 2;
 
 $request = moodleops_request('action');
 // Events and logs name the admin as the actor, as for the admin CLI scripts.
@@ -383,7 +385,7 @@ function moodleops_apply(array $r): array {
         echo 'MOODLEOPS-ACK: ' . json_encode(['chunk' => $i, 'results' => $results]) . "\n";
         fflush(STDOUT);
     }
-    return ['applied' => $n, 'dry_run' => false];
+    return ['applied' => $n, 'dry_run' => false, 'protocol' => MOODLEOPS_INCIDENT_PROTOCOL];
 }
 
 function moodleops_states(array $r): array {

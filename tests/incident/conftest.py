@@ -97,13 +97,25 @@ def _write_inventory(tmp: Path, prefix: str, state_dir: Path) -> Path:
     return root / "local"
 
 
-@pytest.fixture(scope="session")
-def world(moodle: MoodleCLI, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    installed = moodle.site.lib_dir / "php" / "incident.php"
+def _install_helper(site: Site) -> None:
+    installed = site.lib_dir / "php" / "incident.php"
     if not installed.is_file() or installed.read_bytes() != HELPER_SRC.read_bytes():
         # The playbook installs moodleops/php/*.php; keep the installed copy the one under test.
         shutil.copy(HELPER_SRC, installed)
         installed.chmod(0o644)
+
+
+@pytest.fixture(autouse=True)
+def _helper_under_test(request: pytest.FixtureRequest) -> None:
+    """Before each stack test: a re-provisioning from another checkout of the shared
+    stack may have installed another version of the helper meanwhile."""
+    if "world" in request.fixturenames:
+        _install_helper(request.getfixturevalue("world").site)
+
+
+@pytest.fixture(scope="session")
+def world(moodle: MoodleCLI, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    _install_helper(moodle.site)
     prefix = "inc" + uuid.uuid4().hex[:6]
     tmp = tmp_path_factory.mktemp("incident")
     env_dir = _write_inventory(tmp, prefix, tmp / "state")
