@@ -99,3 +99,31 @@ def test_killed_python_side_does_not_free_the_platform_while_php_applies(world, 
     assert main([*world.cli_args(), "incident", "recover", "--undo", "--apply",
                  "--journal-copy", str(world.journal_copy)]) == 0
     assert {k: v["suspended"] for k, v in world.users_state().items()} == before
+
+
+def test_upgrade_restore_and_maintenance_off_refuse_while_a_platform_incident_is_open(world, tmp_path) -> None:
+    """The guard `platform upgrade --apply`, `backup restore --confirm` and `platform maintenance off`
+    go through: the platform lock, then no open (or interrupted) platform incident."""
+    import dataclasses
+
+    from moodleops.incident.journal import Journal
+    from moodleops.platform.guard import PlatformHeld, platform_operation
+    site = dataclasses.replace(world.site, state_dir=tmp_path / "state")
+    with platform_operation(site, world.inv.env, "platform upgrade"):
+        pass   # no incident: allowed
+    j = Journal(site.state_dir / "incidents", None, world.inv.env)
+    entry = {"kind": "platform_maintenance", "id": 0, "label": "platform", "op": "change",
+             "to": {"cli_maintenance": 1}, "expect": {}, "before": {"cli_maintenance": 0},
+             "origin": {"cli_maintenance": 0}}
+    j.append({"type": "intent", "incident": "INC-P", "action": "suspend", "at": "t", "entries": [entry]})
+    with pytest.raises(PlatformHeld, match="INC-P"), platform_operation(site, world.inv.env, "backup restore"):
+        pass   # interrupted platform incident
+    j.append({"type": "chunk", "incident": "INC-P", "phase": "apply", "seq": 1, "of": 1, "results": [
+        {"kind": "platform_maintenance", "id": 0, "status": "changed", "before": {"cli_maintenance": 0},
+         "after": {"cli_maintenance": 1}}]})
+    j.append({"type": "close", "incident": "INC-P", "outcome": "done"})
+    with pytest.raises(PlatformHeld, match="reinstate it first"), \
+            platform_operation(site, world.inv.env, "platform upgrade"):
+        pass   # open platform incident
+    with platform_operation(site, world.inv.env, "platform maintenance on", refuse_if_held=False):
+        pass

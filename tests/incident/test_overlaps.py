@@ -117,9 +117,15 @@ def test_school_inside_a_platform_suspension_both_maintenance_modes(world, capsy
             assert now["maintenance_message"] == start["maintenance_message"]
             assert _state(world) == users_before
     finally:
-        for inc in world.runbook().journal.incidents().values():
-            if any(e["kind"] == "platform_maintenance" for e in inc.pending()):
-                rb.run(rb.reinstate(inc.id), apply=True, who=WHO, force=True)
-        # Last: a reinstatement puts back the web switch as it was before the incident (on).
-        world.moodle.run("admin/cli/cfg.php", "--name=maintenance_enabled",
-                         f"--set={int(start['maintenance_enabled'])}")
+        try:
+            for inc in world.runbook().journal.incidents().values():
+                if any(e["kind"] == "platform_maintenance" for e in inc.pending()):
+                    rb.run(rb.reinstate(inc.id), apply=True, who=WHO, force=True)
+        finally:
+            # Whatever happened above, the shared stack leaves maintenance, through Moodle's own CLI.
+            world.moodle.run("admin/cli/maintenance.php", "--disable")
+            world.moodle.run("admin/cli/cfg.php", "--name=maintenance_enabled",
+                             f"--set={int(start['maintenance_enabled'])}")
+            msg = start["maintenance_message"]
+            world.moodle.run("admin/cli/cfg.php", "--name=maintenance_message",
+                             *([f"--set={msg}"] if msg else ["--unset"]))
