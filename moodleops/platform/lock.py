@@ -16,13 +16,17 @@ How to take it (incident runbooks, upgrades, restores, `maintenance off`)::
         ...                      # nobody else writes to Moodle meanwhile
 
 It never waits: when busy it raises `PlatformLockBusy` whose message says who
-holds it, since when and doing what, e.g.::
+holds it, since when and doing what (`.holder` has the same as fields), e.g.::
 
-    the platform lock is held by "incident suspend INC-20261124-143012-ab12"
-    (root pid 4242 on web1, since 2026-11-24 14:30:12 UTC); wait for it to
-    finish, nothing was changed
+    the platform lock is held by "root pid 4242 on web1: incident
+    INC-20261124-143012-ab12" (connection from 10.0.0.11, backend pid 311,
+    since 2026-11-24 14:30:12 UTC); wait for it to finish, nothing was changed
 
 `PlatformLockError` means the database could not be reached to take it.
+Operations that must also refuse while an incident runbook holds the platform
+in maintenance (upgrade, restore, `maintenance off`) use
+`moodleops.platform.guard.platform_operation(site, env, what)`, which takes
+this lock and then checks the incident journal.
 
 Two keys. The *platform* key is held by the orchestrating process (Python)
 for the whole plan-apply-journal sequence. The *writer* key is taken by each
@@ -73,12 +77,12 @@ class PlatformLockError(RuntimeError):
 class Holder:
     what: str            # the holder's application_name, without the prefix
     pid: int             # PostgreSQL backend pid
-    since: datetime      # when the holding connection started
-    client: str          # client address ("local" for a Unix socket)
+    since: datetime | None   # when the holding connection started (None: not visible to our role)
+    client: str              # client address ("local" for a Unix socket)
 
     def describe(self) -> str:
-        return (f'"{self.what}" (connection from {self.client}, backend pid {self.pid}, '
-                f'since {self.since:%Y-%m-%d %H:%M:%S %Z})')
+        since = f"{self.since:%Y-%m-%d %H:%M:%S %Z}" if self.since else "a time this role may not see"
+        return f'"{self.what}" (connection from {self.client}, backend pid {self.pid}, since {since})'
 
 
 def key(site: Site, role: str) -> int:
