@@ -214,8 +214,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
     reports = [verify_file(p) for p in paths]
     bad = False
     for rep in reports:
-        if rep.problems and rep.problems[0].endswith("no such file") and rep.path != rb.journal.path:
-            print(f"{rep.path}: absent (no operator copy here)")
+        if rep.problems and rep.problems[0].endswith("no such file"):
+            if rep.path == rb.journal.path:
+                print(f"{rep.path}: no journal yet (no incident was ever applied from this host)")
+            elif rep.path == rb.journal.copy_path:
+                print(f"{rep.path}: absent (no operator copy here)")
+            else:
+                print(f"{rep.path}: no such file")
+                bad = True
             continue
         legacy = f", {rep.legacy} older record(s) written before the hash chain" if rep.legacy else ""
         state = "OK" if not rep.problems else f"{len(rep.problems)} PROBLEM(S)"
