@@ -172,6 +172,10 @@ def _read_platform(path: Path) -> Platform:
     )
 
 
+#: Where an account's type can be read (accounts.account_type_source).
+ACCOUNT_TYPE_SOURCES = ("profile_field", "department", "institution", "auth", "idnumber")
+
+
 def _read_accounts(accounts: Node) -> AccountRules:
     pattern_node = accounts.get("login_pattern")
     pattern = pattern_node.text()
@@ -191,6 +195,18 @@ def _read_accounts(accounts: Node) -> AccountRules:
     if set(hosted) & set(students):
         students_node.fail("account types that are not also in accounts.hosted_types")
 
+    source_node = accounts.get("account_type_source")
+    source = source_node.text(default="profile_field")
+    if source not in ACCOUNT_TYPE_SOURCES:
+        source_node.fail(f"one of: {', '.join(ACCOUNT_TYPE_SOURCES)}")
+    hosted_pattern_node = accounts.get("account_type_hosted_pattern")
+    hosted_pattern = hosted_pattern_node.text(default="" if source != "idnumber" else None)
+    if hosted_pattern:
+        try:
+            re.compile(hosted_pattern)
+        except re.error as exc:
+            hosted_pattern_node.fail(f"a valid regular expression ({exc})")
+
     return AccountRules(
         login_pattern=pattern,
         hosted_expiry=accounts.get("hosted_expiry").month_day(),
@@ -202,6 +218,8 @@ def _read_accounts(accounts: Node) -> AccountRules:
         account_type_field=accounts.get("account_type_field").text(),
         hosted_types=hosted,
         student_types=students,
+        account_type_source=source,
+        hosted_pattern=hosted_pattern,
     )
 
 

@@ -45,6 +45,11 @@ class AccountRules:
     account_type_field: str
     hosted_types: tuple[str, ...]
     student_types: tuple[str, ...]
+    # Where the storage exporter reads the type: the custom profile field above, or a
+    # standard user field (department, institution, auth: value in hosted_types; idnumber:
+    # matches hosted_pattern).
+    account_type_source: str = "profile_field"
+    hosted_pattern: str = ""
 
 
 @dataclass(frozen=True)
