@@ -67,7 +67,7 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "storage_scan.json"
 LIVE_DB = "moodle"
 EMPTY_HASH = b"da39a3ee5e6b4b0d3255bfef95601890afd80709"
-TABLES = ("files", "context", "course_categories", "course", "course_modules", "block_instances",
+TABLES = ("files", "context", "course_categories", "course", "course_modules", "block_instances", "config_plugins",
           "cohort", "cohort_members", "user", "user_info_field", "user_info_data")
 TARGET_RATIO, TARGET_RSS_MB, TARGET_P99_MS = 2.0, 300.0, 50.0
 NOW = 1_764_000_000   # a fixed "now" keeps the generated data reproducible

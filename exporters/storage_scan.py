@@ -209,12 +209,65 @@ class _Columns:
         return _Rows(*(col[:self.n] for col in self.cols))
 
 
-def _read_rows(cur: psycopg.Cursor[Any], sql: str, ctx_map: _ContextMap, estimate: int) -> _Rows:
-    """Stream the binary COPY, parsing the fixed-width rows a few MB at a time.
+_SPILL = np.dtype([("a", "<u8"), ("b", "<u8"), ("c", "<u4"), ("s", "<i8"), ("r", "<i4")])
+# Rows per partition aimed at: the per-partition arrays (and the sort's copies) stay
+# tens of MB whatever the table's size.
+_PARTITION_ROWS = 600_000
+
+
+class _Spill:
+    """The parsed rows, split by the top bits of their hash into partition files in a
+    temporary directory: each partition holds whole contents (every row of a hash is
+    in the same one) and the partitions come in hash order, so each is aggregated on
+    its own and memory no longer grows with the table (10M rows: bench/README.md)."""
+
+    def __init__(self, workdir: Path, estimate: int) -> None:
+        bits = 0
+        while (estimate >> bits) > _PARTITION_ROWS and bits < 8:
+            bits += 1
+        self.bits = bits
+        self.n = 1 << bits
+        self._paths = [workdir / f"rows.{i:03d}" for i in range(self.n)]
+        self._files = [open(p, "wb") for p in self._paths]   # noqa: SIM115 - closed in partitions()
+
+    def add(self, parts: tuple[np.ndarray, ...]) -> None:
+        h0, h1, h2, size, rank = parts
+        rec = np.empty(len(h0), dtype=_SPILL)
+        rec["a"], rec["b"], rec["c"], rec["s"], rec["r"] = h0, h1, h2, size, rank
+        if self.n == 1:
+            rec.tofile(self._files[0])
+            return
+        pid = (h0 >> np.uint64(64 - self.bits)).astype(np.int64)
+        order = np.argsort(pid, kind="stable")
+        rec = rec[order]
+        bounds = np.searchsorted(pid[order], np.arange(self.n + 1))
+        for i in range(self.n):
+            if bounds[i + 1] > bounds[i]:
+                rec[bounds[i]:bounds[i + 1]].tofile(self._files[i])
+
+    def partitions(self) -> Iterator[_Rows]:
+        """Each partition's rows, in hash-prefix order; its file is removed once read."""
+        for f in self._files:
+            f.close()
+        for path in self._paths:
+            rec = np.fromfile(path, dtype=_SPILL)
+            path.unlink()
+            rows = _Rows(rec["a"].copy(), rec["b"].copy(), rec["c"].copy(), rec["s"].copy(), rec["r"].copy())
+            del rec
+            yield rows
+
+    def close(self) -> None:
+        for f in self._files:
+            f.close()
+        for path in self._paths:
+            path.unlink(missing_ok=True)
+
+
+def _read_rows(cur: psycopg.Cursor[Any], sql: str, ctx_map: _ContextMap, out: _Columns | _Spill) -> None:
+    """Stream the binary COPY, parsing the fixed-width rows a few MB at a time into `out`.
 
     PostgreSQL sends one message per row; appending each to a bytearray is the only
     per-row Python work (a list of message objects costs twice as much: GC)."""
-    out = _Columns(max(estimate, 1024))
     buf = bytearray()
     header = True
     width = _ROW.itemsize
@@ -233,7 +286,6 @@ def _read_rows(cur: psycopg.Cursor[Any], sql: str, ctx_map: _ContextMap, estimat
     if buf[-2:] != b"\xff\xff" or (len(buf) - 2) % width:
         raise ScanError("truncated binary COPY of mdl_files")
     out.add(_parse(bytes(buf[:-2]), ctx_map))
-    return out.rows()
 
 
 def _strip_header(buf: bytearray) -> None:
@@ -434,9 +486,9 @@ def read_database(cfg: ScanConfig, conn: psycopg.Connection[Any] | None = None, 
         try:
             if own:
                 with conn.transaction():
-                    snap = _scan_in_snapshot(cfg, conn, started, today or date.today(), contents)
+                    snap = _scan_in_snapshot(cfg, conn, started, today or date.today(), contents, workdir)
             else:
-                snap = _scan_in_snapshot(cfg, conn, started, today or date.today(), contents)
+                snap = _scan_in_snapshot(cfg, conn, started, today or date.today(), contents, workdir)
         finally:
             if own:
                 conn.close()
@@ -501,7 +553,7 @@ def _categories(cfg: ScanConfig, cur: psycopg.Cursor[Any]) -> _Categories:
 
 
 def _scan_in_snapshot(cfg: ScanConfig, conn: psycopg.Connection[Any], started: float,
-                      today: date, contents: ContentsFile | None) -> DbSnapshot:
+                      today: date, contents: ContentsFile | None, workdir: Path | None) -> DbSnapshot:
     p = cfg.db.prefix
     warnings: list[str] = []
     with conn.cursor() as cur:
@@ -552,21 +604,29 @@ def _scan_in_snapshot(cfg: ScanConfig, conn: psycopg.Connection[Any], started: f
         cur.execute("SELECT GREATEST(reltuples, 0)::bigint FROM pg_class WHERE oid = to_regclass(%s)",
                     (f"{p}files",))
         est = cur.fetchone()
-        # The planner's row count (directory rows included): usually a little above the
-        # rows read, so the columns are allocated once; they grow if it was too low.
-        rows = _read_rows(cur, _files_query(p), ctx_map, int(est[0]) if est else 0)
-        agg = _aggregate(rows, len(order_keys), contents.write if contents is not None else None,
-                         draft=ctx_map.draft)
-        del rows
-        for i, key in enumerate(order_keys):
-            b = buckets[key]
-            b.files, b.logical_bytes, b.unique_bytes, b.exclusive_bytes, b.apportioned_bytes = (
-                int(agg.files[i]), int(agg.logical[i]), int(agg.unique[i]), int(agg.exclusive[i]),
-                int(agg.apportioned[i]))
-        pool.distinct_blobs = len(agg.blob_size)
-        pool.distinct_bytes = int(agg.blob_size.sum())
-        inconsistent = agg.inconsistent
-        del agg
+        # The planner's row count (directory rows included) sizes the partitions.
+        with tempfile.TemporaryDirectory(prefix="moodleops-rows-", dir=workdir) as spill_dir:
+            spill = _Spill(Path(spill_dir), int(est[0]) if est else 0)
+            try:
+                _read_rows(cur, _files_query(p), ctx_map, spill)
+                inconsistent = 0
+                for part in spill.partitions():
+                    agg = _aggregate(part, len(order_keys), contents.write if contents is not None else None,
+                                     draft=ctx_map.draft)
+                    del part
+                    for i, key in enumerate(order_keys):
+                        b = buckets[key]
+                        b.files += int(agg.files[i])
+                        b.logical_bytes += int(agg.logical[i])
+                        b.unique_bytes += int(agg.unique[i])
+                        b.exclusive_bytes += int(agg.exclusive[i])
+                        b.apportioned_bytes += int(agg.apportioned[i])
+                    pool.distinct_blobs += len(agg.blob_size)
+                    pool.distinct_bytes += int(agg.blob_size.sum())
+                    inconsistent += agg.inconsistent
+                    del agg
+            finally:
+                spill.close()
 
         # Aliases to external repositories: the empty content's hash with the size the
         # repository reported. Indexed (contenthash): cheap.
