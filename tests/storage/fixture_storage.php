@@ -25,7 +25,7 @@ $fs = get_file_storage();
 function stored(stored_file $f): array {
     return ['contenthash' => $f->get_contenthash(), 'filesize' => (int)$f->get_filesize(),
             'contextid' => (int)$f->get_contextid(), 'component' => $f->get_component(),
-            'filearea' => $f->get_filearea()];
+            'filearea' => $f->get_filearea(), 'filename' => $f->get_filename()];
 }
 
 function put(file_storage $fs, int $contextid, string $component, string $area, int $itemid,
@@ -200,8 +200,14 @@ if (!empty($in['cases'])) {
 
     // A teacher's course backup, kept in their private backup area (user/backup).
     \core\session\manager::set_user($teacher);
-    $bc = new backup_controller(backup::TYPE_1COURSE, $courses[$c['backup']['course']]->id, backup::FORMAT_MOODLE,
+    $courseid = $courses[$c['backup']['course']]->id;
+    $bc = new backup_controller(backup::TYPE_1COURSE, $courseid, backup::FORMAT_MOODLE,
                                 backup::INTERACTIVE_NO, backup::MODE_GENERAL, $teacher->id);
+    // The name the backup form gives (backup_ui_stage_schema), as a teacher gets it.
+    $plan = $bc->get_plan();
+    $plan->get_setting('filename')->set_value(backup_plan_dbops::get_default_backup_filename(
+        backup::FORMAT_MOODLE, backup::TYPE_1COURSE, $courseid, $plan->get_setting('users')->get_value(),
+        $plan->get_setting('anonymize')->get_value()));
     $bc->execute_plan();
     $bc->destroy();
     $cases['backup'] = ['course_id' => (int)$courses[$c['backup']['course']]->id,

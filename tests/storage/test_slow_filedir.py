@@ -27,6 +27,8 @@ pytestmark = pytest.mark.stack
 
 SLOWFS = Path(__file__).with_name("slowfs.py")
 DELAY_S = 0.005
+DIRS, PER_DIR = 30, 12
+BLOBS = DIRS * PER_DIR
 
 
 @dataclass
@@ -48,8 +50,13 @@ def slowfs(tmp_path: Path) -> Iterator[SlowFs]:
     fs = SlowFs(tmp_path / "src", tmp_path / "mnt", tmp_path / "hang", tmp_path / "calls")
     fs.source.mkdir()
     fs.mount.mkdir()
-    for i in range(60):
-        plant(fs.source, f"slow blob {i}")
+    # 30 ab/cd directories of 12 blobs (names only matter to the walk).
+    for d in range(DIRS):
+        prefix = f"{d * 2053 % 65536:04x}"
+        (fs.source / prefix[:2] / prefix[2:]).mkdir(parents=True, exist_ok=True)
+        for i in range(PER_DIR):
+            name = prefix + os.urandom(18).hex()
+            (fs.source / prefix[:2] / prefix[2:] / name).write_bytes(b"x" * i)
     age_dirs(fs.source)
     proc = subprocess.Popen([sys.executable, str(SLOWFS), str(fs.source), str(fs.mount), str(DELAY_S), str(fs.hang),
                              str(fs.counter)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -100,9 +107,9 @@ def test_walk_on_a_slow_then_hung_filesystem(world: World, scan_config: ScanConf
     st = ex.state()
     assert st.filedir is not None and not st.filedir.incremental
     dirs = len({p.parent for p in slowfs.source.glob("*/*/*")})
-    assert st.filedir.blobs == 60 and st.filedir.dirs_listed == dirs
+    assert st.filedir.blobs == BLOBS and st.filedir.dirs_listed == dirs == DIRS
     m = samples(_render(ex))
-    assert value(m, "moodle_storage_filedir_blobs") == 60
+    assert value(m, "moodle_storage_filedir_blobs") == BLOBS
     assert value(m, "moodle_storage_filedir_last_walk_incremental") == 0
     assert value(m, "moodleops_exporter_walk_stuck") == 0
     assert value(m, "moodle_storage_filesystem_size_bytes") > 0     # statvfs through the mount
@@ -116,9 +123,10 @@ def test_walk_on_a_slow_then_hung_filesystem(world: World, scan_config: ScanConf
     inc_calls = slowfs.calls() - full_calls
     f = ex.state().filedir
     assert f is not None and f.incremental
-    assert (f.blobs, f.dirs_listed) == (60, len({added[:4], gone.name[:4]}))
-    assert f.dirs_reused == len({p.parent for p in slowfs.source.glob("*/*/*")}) - f.dirs_listed
-    assert inc_calls < full_calls / 2, (inc_calls, full_calls)
+    assert (f.blobs, f.dirs_listed) == (BLOBS, len({added[:4], gone.name[:4]}))
+    assert f.dirs_reused == len([d for d in slowfs.source.glob("*/*") if d.is_dir()]) - f.dirs_listed
+    # Each unchanged directory costs one stat instead of a listing and a stat per blob.
+    assert inc_calls < full_calls / 4, (inc_calls, full_calls)
     assert value(samples(_render(ex)), "moodle_storage_filedir_last_walk_incremental") == 1
 
     # 3. The filesystem hangs: the scan comes back (database figures fresh), the walk is
@@ -134,7 +142,7 @@ def test_walk_on_a_slow_then_hung_filesystem(world: World, scan_config: ScanConf
     assert value(m, "moodleops_exporter_walk_stuck") == 1
     assert value(m, "moodleops_exporter_walk_stuck_total") == 1
     assert value(m, "moodleops_exporter_up") == 1
-    assert value(m, "moodle_storage_filedir_blobs") == 60
+    assert value(m, "moodle_storage_filedir_blobs") == BLOBS
     assert ("moodle_storage_unique_bytes", (("bucket", "school"), ("school", school))) in m
     slowfs.hang.unlink()
     assert ex.scan_once() and not ex.state().walk_stuck
