@@ -104,7 +104,8 @@ class WalkCache:
         try:
             with np.load(self._dirs_file) as saved:
                 old, token = saved["dirs"], saved["token"].tobytes()
-            blobs = open(self._blobs_file, "rb")   # noqa: SIM115 - closed in finish
+            # Read forward only, through a large buffer: one small read per directory.
+            blobs = open(self._blobs_file, "rb", buffering=4 << 20)   # noqa: SIM115 - closed in finish
             # The index and the blobs must be of the same walk (a crash between the two
             # renames would pair them wrongly): both carry the walk's random token.
             if old.dtype == _DIRS and len(old) == 65536 and blobs.read(16) == token:
@@ -114,7 +115,7 @@ class WalkCache:
         except (OSError, ValueError, KeyError):
             self._old = None
         self._token = os.urandom(16)
-        self._new_blobs = open(f"{self._blobs_file}.new", "wb")   # noqa: SIM115 - closed in finish
+        self._new_blobs = open(f"{self._blobs_file}.new", "wb", buffering=4 << 20)   # noqa: SIM115 - closed in finish
         self._new_blobs.write(self._token)
         self._written = 0
 
@@ -130,10 +131,13 @@ class WalkCache:
         d = old[index]
         if d["offset"] < 0 or d["mtime_ns"] != mtime_ns or mtime_ns >= d["listed_ns"] - _MTIME_SLACK_NS:
             return None
-        self._old_blobs.seek(16 + int(d["offset"]) * _CACHED.itemsize)
-        rec = np.fromfile(self._old_blobs, dtype=_CACHED, count=int(d["count"]))
-        if len(rec) != int(d["count"]):
+        want = 16 + int(d["offset"]) * _CACHED.itemsize
+        if self._old_blobs.tell() != want:
+            self._old_blobs.seek(want)
+        raw = self._old_blobs.read(int(d["count"]) * _CACHED.itemsize)
+        if len(raw) != int(d["count"]) * _CACHED.itemsize:
             return None
+        rec = np.frombuffer(raw, dtype=_CACHED)
         hexes = rec["h"].tobytes().hex()
         return [Blob(hexes[40 * i:40 * i + 40], s, m)
                 for i, (s, m) in enumerate(zip(rec["s"].tolist(), rec["m"].tolist(), strict=True))]
@@ -147,7 +151,7 @@ class WalkCache:
             rec["h"] = np.frombuffer(bytes.fromhex("".join(b.hash for b in blobs)), dtype="S20")
             rec["s"] = [b.size for b in blobs]
             rec["m"] = [b.mtime for b in blobs]
-        rec.tofile(self._new_blobs)
+        self._new_blobs.write(rec.tobytes())
         self.dirs[index] = (mtime_ns, listed_ns, self._written, len(blobs))
         self._written += len(blobs)
 
