@@ -99,3 +99,70 @@ def test_external_references_are_counted_apart(base_config: ScanConfig, scratch:
     assert (r.pool.distinct_blobs, r.pool.distinct_bytes) == (2, 1050)
     assert sum(b.apportioned_bytes for b in r.buckets.values()) == 1050
     assert r.accounts["x"].hosted_expiring in (0, None)
+
+
+def _school_world(p: str) -> str:
+    """A school category with one course, in the scratch database."""
+    return f"""
+        INSERT INTO {p}course_categories (id, name, idnumber, parent, path, depth)
+             VALUES (1, 'School X', 'X-CAT', 0, '/1', 1);
+        INSERT INTO {p}course (id, category, shortname, fullname) VALUES (5, 1, 'x1', 'X one');
+        INSERT INTO {p}context (id, contextlevel, instanceid, path, depth)
+             VALUES (1, 10, 0, '/1', 1), (2, 40, 1, '/1/2', 2), (3, 50, 5, '/1/2/3', 3);"""
+
+
+def test_automated_backups_outside_moodledata_go_to_the_course_school(base_config: ScanConfig, scratch: str,
+                                                                      tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """backup_auto_storage 1 (a directory): each .mbz named after its course is listed
+    with that course's school; other files and gone courses are not a school's."""
+    p = base_config.db.prefix
+    auto = tmp_path / "autobackups"
+    auto.mkdir()
+    (auto / "backup-moodle2-course-5-x1-20261201-0300.mbz").write_bytes(b"z" * 1234)
+    (auto / "backup-moodle2-course-77-gone-20261201-0300.mbz").write_bytes(b"z" * 10)
+    (auto / "notes.txt").write_text("not a backup")
+    psql(scratch, _school_world(p) + f"""
+        INSERT INTO {p}config_plugins (plugin, name, value)
+             VALUES ('backup', 'backup_auto_storage', '1'), ('backup', 'backup_auto_destination', '{auto}');""")
+    school = SchoolSpec(code="x", category_idnumber="X-CAT", cohort_idnumber="X-COH", alert_bytes=10**9)
+    cfg = dataclasses.replace(base_config, db=dataclasses.replace(base_config.db, dbname=scratch), schools=(school,))
+    r = scan(cfg)
+    got = sorted((b.school, b.course_id, b.where, b.size) for b in r.backups)
+    assert got == [("", 77, "automated_dir", 10), ("x", 5, "automated_dir", 1234)]
+    assert r.school("x").files == 0     # outside the pool: listed, not in the figures
+
+
+@pytest.mark.parametrize(("source", "pattern", "hosted"), [
+    ("department", "", 2),       # department in hosted_types (trainer, referent)
+    ("institution", "", 1),
+    ("auth", "", 1),
+    ("idnumber", "^EXT-", 2),
+])
+def test_account_type_from_a_standard_user_field(base_config: ScanConfig, scratch: str, source: str,
+                                                 pattern: str, hosted: int) -> None:
+    p = base_config.db.prefix
+    users = [  # id, department, institution, auth, idnumber, suspended
+        (11, "trainer", "referent", "cas", "EXT-1", 0),
+        (12, "referent", "UT", "manual", "EXT-2", 0),
+        (13, "student", "UT", "cas", "S-3", 0),
+        (14, "trainer", "trainer", "manual", "EXT-4", 1),     # suspended: never counted as hosted
+    ]
+    vals = ", ".join(f"({i}, 'u{i}', '{d}', '{inst}', '{a}', '{idn}', {s}, 0, 1)" for i, d, inst, a, idn, s in users)
+    psql(scratch, _school_world(p) + f"""
+        INSERT INTO {p}user (id, username, department, institution, auth, idnumber, suspended, deleted, mnethostid)
+             VALUES {vals};
+        INSERT INTO {p}cohort (id, contextid, name, idnumber, descriptionformat, timecreated, timemodified)
+             VALUES (1, 2, 'X', 'X-COH', 1, 0, 0);
+        INSERT INTO {p}cohort_members (id, cohortid, userid, timeadded)
+             VALUES (1, 1, 11, 0), (2, 1, 12, 0), (3, 1, 13, 0), (4, 1, 14, 0);""")
+    hosted_types = ("trainer", "referent") if source != "auth" else ("manual",)
+    policy = dataclasses.replace(base_config.accounts, method="cohort", type_source=source, hosted_pattern=pattern,
+                                 hosted_types=hosted_types)
+    school = SchoolSpec(code="x", category_idnumber="X-CAT", cohort_idnumber="X-COH", alert_bytes=10**9)
+    empty = SchoolSpec(code="y", category_idnumber="Y-CAT", cohort_idnumber="Y-COH", alert_bytes=10**9)
+    cfg = dataclasses.replace(base_config, db=dataclasses.replace(base_config.db, dbname=scratch),
+                              schools=(school, empty), accounts=policy)
+    r = scan(cfg)
+    a = r.accounts["x"]
+    assert (a.active, a.suspended, a.hosted_expiring) == (3, 1, hosted)
+    assert r.accounts["y"].hosted_expiring == 0      # a school with none: 0, not absent
