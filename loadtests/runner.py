@@ -16,6 +16,16 @@ from typing import Any
 
 from moodleops.loadtests.fixture import LoadtestError
 from moodleops.loadtests.model import LoadModel, Population, RoleParams, shape_load
+from moodleops.loadtests.sessions import (
+    ROLE_OF,
+    SHAPE_KINDS,
+    SimPlan,
+    class_counts,
+    expected_mix,
+    mean_think,
+    session_think_scale,
+    think_role,
+)
 from moodleops.loadtests.summary import build_summary, read_stats, verdict
 from moodleops.loadtests.timeline import PLAN_ENV, timeline
 
@@ -45,18 +55,41 @@ def _think(role: RoleParams) -> dict[str, Any]:
 
 
 def _weights(shape: str, student_fraction: float, detail: dict[str, float]) -> dict[str, int]:
-    """Locust class weights (percent) so the user mix follows the model at the peak."""
+    """Locust class weights (percent) of the shape's session kinds, so the user
+    mix follows the model at the peak."""
     if shape == "smoke":
-        return {"SmokeStudentUser": 3, "TrainerUser": 1, "StudentUser": 1, "NewStudentUser": 1}
+        return {"SmokeStudentUser": 3, "TrainerUser": 1}
+    if shape in ("exam", "deadline"):
+        return {SHAPE_KINDS[shape][0]: 1}
     w = {"StudentUser": max(1, round(100 * student_fraction)),
-         "TrainerUser": max(1, round(100 * (1 - student_fraction))), "SmokeStudentUser": 1, "NewStudentUser": 1}
+         "TrainerUser": max(1, round(100 * (1 - student_fraction)))}
     if shape == "september":
         total = detail["storm_concurrent"] + detail["background_concurrent"]
         storm = detail["storm_concurrent"] / total if total else 1.0
         trainers = 1 - student_fraction
-        w.update(NewStudentUser=max(1, round(100 * storm)),
-                 StudentUser=max(1, round(100 * (1 - storm - trainers))), TrainerUser=max(1, round(100 * trainers)))
+        w = {"NewStudentUser": max(1, round(100 * storm)),
+             "StudentUser": max(1, round(100 * (1 - storm - trainers))), "TrainerUser": max(1, round(100 * trainers))}
     return w
+
+
+def check_accounts(shape: str, peak_users: int, weights: dict[str, int], workers: int,
+                   students: int, trainers: int) -> None:
+    """Refuse a fixture with fewer accounts than the sessions open at once: two
+    sessions in one account would share a quiz attempt and a submission.
+    Accounts are split between the Locust processes, so each process needs
+    its share of the peak."""
+    counts = class_counts(weights, peak_users)
+    need = {"student": sum(n for k, n in counts.items() if ROLE_OF.get(k, "student") == "student"),
+            "trainer": sum(n for k, n in counts.items() if ROLE_OF.get(k) == "trainer")}
+    procs = max(1, workers)
+    for role, have in (("student", students), ("trainer", trainers)):
+        # Locust spreads users over workers evenly; one spare per process for its rounding.
+        required = need[role] + (procs if procs > 1 and need[role] else 0)
+        if have < required:
+            raise LoadtestError(
+                f"fixture: {have} {role} account(s) for the {shape} shape's {need[role]} concurrent {role} "
+                f"session(s) at its peak of {peak_users} users{f' over {procs} workers' if procs > 1 else ''}; "
+                f"prepare a fixture with --{role}s {required} or more, or lower --users")
 
 
 def make_plan(req: RunRequest, inv: Inventory, model: LoadModel, fixture: dict[str, Any]) -> dict[str, Any]:
@@ -67,37 +100,75 @@ def make_plan(req: RunRequest, inv: Inventory, model: LoadModel, fixture: dict[s
                   questions=questions)
     students = [u["username"] for u in fixture["students"]]
     trainers = [u["username"] for u in fixture["trainers"]]
-    if req.shape == "exam" and tl.peak_users > len(students):
-        raise LoadtestError(f"--users: {tl.peak_users} exam takers need as many student accounts; the fixture "
-                            f"has {len(students)} (prepare with --students {tl.peak_users} or more)")
     load = shape_load(req.shape, model, pop, questions=questions, takers=users if req.shape == "exam" else None)
     weights = _weights(req.shape, load.student_fraction, load.detail)
+    check_accounts(req.shape, tl.peak_users, weights, req.workers, len(students), len(trainers))
     exam = model.exam
     taking_s = (exam.duration_s - exam.start_window_s) / tl.compression if req.shape == "exam" else 0.0
     answering_s = (exam.duration_s - exam.start_window_s - exam.submit_window_s) / tl.compression
     actions = model.actions
-    return {
+    think = {"student": _think(model.student), "trainer": _think(model.trainer)}
+    if req.shape == "september":
+        # Newcomers' sessions are the September block's (shorter, fewer pages).
+        sep = model.september
+        think["newcomer"] = {**think["student"], "mean_s": sep.session_s / sep.pages_per_session}
+    act = {"forum_post": actions.forum_post, "assign_submit": actions.assign_submit,
+           "quiz_attempt": actions.quiz_attempt}
+    scale = session_think_scale(req.shape, tl.compression, req.think_scale)
+    plan: dict[str, Any] = {
         "host": req.target,
         "shape": req.shape,
         "timeline": tl.to_json(),
         "fixture": fixture,
         "password": fixture["password"],
         "accounts": {"student": students, "trainer": trainers},
-        "think": {"student": _think(model.student), "trainer": _think(model.trainer)},
-        "think_scale": req.think_scale,
-        "actions": {"forum_post": actions.forum_post, "assign_submit": actions.assign_submit,
-                    "quiz_attempt": actions.quiz_attempt},
+        "think": think,
+        "think_scale": scale,
+        "actions": act,
         "weights": weights,
         "once": req.shape in ("smoke", "exam"),
         "workers": max(1, req.workers),
         "exam": {"taking_s": taking_s, "submit_window_s": exam.submit_window_s / tl.compression,
                  "think_per_question_s": max(0.2, answering_s / questions)},
+        "browser": {"cold_cache_share": model.browser.cold_cache_share,
+                    # Autosave and keep-alive periods are model time, compressed like thinking.
+                    "time_scale": scale if req.shape != "exam" else 1 / tl.compression},
+        "files": {"submission_quantiles": [list(q) for q in model.submission_sizes.quantiles]},
         "model": {"peak_concurrent": round(load.peak_concurrent, 2),
                   "peak_arrivals_per_s": round(load.peak_arrivals_per_s, 4),
                   "peak_pages_per_s": round(load.peak_pages_per_s, 4),
                   **{k: round(v, 4) for k, v in load.detail.items()}},
         "population": {"students": pop.students, "trainers": pop.trainers, "scale": req.scale},
     }
+    plan["expected_mix"] = plan_mix(plan, response_s=0.1)
+    return plan
+
+
+def plan_mix(plan: dict[str, Any], response_s: float) -> dict[str, float]:
+    """The page mix the plan should show, for a mean response time."""
+    kinds = class_counts(plan["weights"], int(plan["timeline"]["peak_users"]))
+    think_s = {k: mean_think(plan["think"][think_role(k, plan["shape"])]) * float(plan["think_scale"])
+               for k in kinds}
+    return {p: round(v, 5) for p, v in expected_mix(
+        kinds, plan["actions"], int(plan["fixture"]["quiz_questions"]), think_s, response_s).items()}
+
+
+def sim_plan(plan: dict[str, Any]) -> SimPlan:
+    """The plan as the simulation plays it (tests: does compression keep the mix)."""
+    tl = plan["timeline"]
+    return SimPlan(points=tuple((float(t), int(u)) for t, u in tl["points"]), duration_s=float(tl["duration_s"]),
+                   spawn_rate=float(tl["spawn_rate"]), weights=plan["weights"],
+                   think={k: think_role_params(plan, k) for k in plan["weights"]},
+                   think_scale=float(plan["think_scale"]), actions=plan["actions"],
+                   questions=int(plan["fixture"]["quiz_questions"]),
+                   exam_question_s=float(plan["exam"]["think_per_question_s"]),
+                   exam_taking_s=float(plan["exam"]["taking_s"]),
+                   exam_submit_window_s=float(plan["exam"]["submit_window_s"]))
+
+
+def think_role_params(plan: dict[str, Any], kind: str) -> dict[str, Any]:
+    params: dict[str, Any] = plan["think"][think_role(kind, plan["shape"])]
+    return params
 
 
 def _locust_cmd(extra: list[str]) -> list[str]:
