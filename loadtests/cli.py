@@ -10,12 +10,34 @@ from pathlib import Path
 
 from moodleops.loadtests import fixture as fx
 from moodleops.loadtests.model import SHAPES, Population, load_model, shape_load
-from moodleops.loadtests.runner import MAX_USERS_WITHOUT_FORCE, RunRequest, run
+from moodleops.loadtests.runner import MAX_USERS_WITHOUT_FORCE, LocustFailed, RunRequest, make_plan, run
+from moodleops.loadtests.ssh import SshOptions, WorkerHostError
 
 from moodleops.commands import add_area, add_command
 from moodleops.inventory import load_inventory
 from moodleops.moodle import MoodleCLI, MoodleError
 from moodleops.site import site_of
+
+# Exit statuses of `moodleops loadtest run` (one table, for the CLI's central one).
+EXIT_PASS = 0            # every SLO held and every page type ran enough
+EXIT_SLO_FAILED = 1      # an SLO was violated
+EXIT_USAGE = 2           # bad option, refused target/inventory, no or too small a fixture
+EXIT_INCONCLUSIVE = 3    # nothing violated, but a page type the shape plays ran too rarely to judge
+EXIT_RUN_FAILED = 4      # Locust itself failed (exit status, no statistics, timeout), SSH to a worker host failed
+RUN_EXIT_STATUS = {
+    EXIT_PASS: "the run held every SLO (peak-window p95 per page type, error rate) with every page type judged",
+    EXIT_SLO_FAILED: "an SLO was violated (listed on stdout)",
+    EXIT_USAGE: "bad option, non-loopback target without --force-production, no fixture, or a fixture with "
+                "fewer accounts than the shape's concurrent sessions",
+    EXIT_INCONCLUSIVE: "INCONCLUSIVE: no SLO violated, but a page type of the shape ran fewer than "
+                       "run.min_requests_per_page times after warm-up (listed); run longer or with more users",
+    EXIT_RUN_FAILED: "the load test itself failed (Locust's exit status, no statistics, a worker host "
+                     "unreachable over SSH)",
+}
+
+
+def _exit_table() -> str:
+    return "exit status:\n" + "\n".join(f"  {code}  {text}" for code, text in RUN_EXIT_STATUS.items())
 
 
 def _positive_int(text: str) -> int:
@@ -144,20 +166,25 @@ examples:
 Play one calendar shape of the model with Locust (FastHttpUser, real Moodle
 flows with content checks) against the target, headless, for --duration wall
 seconds. The scenario's natural length is compressed into that duration
-(a 24 h weekday in 600 s runs at x144); think times keep their real length
-unless --think-scale shrinks them. --users is the peak number of simulated
-users (concurrent sessions); default: the model's peak for the population.
+(a 24 h weekday in 600 s runs at x144), and so are think times, so whole
+sessions fit and the page mix stays the model's (each user then requests
+x144 faster than a person: choose --users for the load you want).
+--think-scale multiplies think times further. --users is the peak number of
+simulated users (concurrent sessions); default: the model's peak for the
+population. The fixture needs at least as many accounts per role as the
+peak's concurrent sessions. Warm-up is left out; the p95 judged is the
+busiest window's; php-fpm, PostgreSQL and CPU are sampled into the summary.
+
+With --workers N and load-generator hosts in the inventory that are not this
+machine, the workers are started there over SSH (same checkout at the same
+path; --ssh-* options).
 
 Writes into the results directory: plan.json, locust_stats.csv (+ failures,
 exceptions, history), report.html and summary.json (schema
 moodleops-loadtest-summary/1, see docs/loadtests.md), then prints the verdict.
 
 shapes: {", ".join(SHAPES)}""",
-                    epilog="""\
-exit status:
-  0  the run held every SLO (p95 per page type, error rate)
-  1  an SLO was violated (listed on stdout)
-  2  bad option, non-loopback target without --force-production, no fixture
+                    epilog=_exit_table() + """
 
 examples:
   moodleops loadtest run --prefix lt2025a --shape smoke --think-scale 0.01
@@ -180,6 +207,11 @@ examples:
     r.add_argument("--force-production", action="store_true", help="allow a non-loopback target")
     r.add_argument("--fixture-dir", type=Path, default=None)
     r.add_argument("--quiet", action="store_true", help="do not echo Locust's progress")
+    r.add_argument("--ssh-user", default=None, help="remote workers: SSH user (default: ssh's)")
+    r.add_argument("--ssh-port", type=_positive_int, default=22, help="remote workers: SSH port")
+    r.add_argument("--ssh-key", type=Path, default=None, help="remote workers: private key file")
+    r.add_argument("--ssh-known-hosts", type=Path, default=None,
+                   help="remote workers: known_hosts file (host keys are always checked)")
     r.set_defaults(run=run_run)
 
 
@@ -275,18 +307,39 @@ def run_run(args: argparse.Namespace) -> int:
         results = args.results or Path("loadtest-results") / f"{args.shape}-{stamp}"
         req = RunRequest(shape=args.shape, users=args.users, duration_s=args.duration, workers=args.workers,
                          think_scale=args.think_scale, scale=args.scale, start_hour=args.start_hour,
-                         results_dir=results.resolve(), target=target)
+                         results_dir=results.resolve(), target=target,
+                         ssh=SshOptions(user=args.ssh_user, port=args.ssh_port, identity=args.ssh_key,
+                                        known_hosts=args.ssh_known_hosts))
+        make_plan(req, inv, model, fixture)          # refusals before anything starts
         print(f"running {args.shape} against {target} for {args.duration:g} s -> {req.results_dir}", flush=True)
-        summary = run(req, inv, model, fixture, echo=not args.quiet)
+        summary = run(req, inv, model, fixture, echo=not args.quiet, site=site)
+    except (LocustFailed, WorkerHostError) as exc:
+        print(f"moodleops: error: {exc}", file=sys.stderr)
+        return EXIT_RUN_FAILED
     except fx.LoadtestError as exc:
         return _fail(str(exc))
+    return report_run(summary, req.results_dir / "summary.json")
+
+
+def report_run(summary: dict, path: Path) -> int:
     t = summary["totals"]
     print(f"{summary['shape']}: {summary['users']} users, {t['requests']} requests, {t['rps']:.2f} req/s, "
-          f"error rate {t['error_rate']:.2%}, p95 {t['p95_ms']:g} ms")
-    if summary["verdict"]["pass"]:
-        print(f"SLO verdict: PASS ({req.results_dir / 'summary.json'})")
-        return 0
-    print(f"SLO verdict: FAIL ({req.results_dir / 'summary.json'})")
-    for v in summary["verdict"]["violations"]:
-        print(f"  {v['page']}: {v['metric']} {v['value']:g} > {v['limit']:g}")
-    return 1
+          f"error rate {t['error_rate']:.2%}, p95 {t['p95_ms']:g} ms (whole run)")
+    peak = summary.get("peak_window")
+    if peak:
+        pt = peak["totals"]
+        print(f"peak window {peak['from_s']:g}-{peak['to_s']:g} s: {pt['rps']:.2f} req/s, p95 {pt['p95_ms']:g} ms")
+    mix = summary.get("mix") or {}
+    if mix:
+        print(f"page mix: furthest {mix['worst_page']} by {mix['gap']:.3f} (tolerance {mix['tolerance']:g})")
+    server = summary.get("server") or {}
+    if server:
+        print(f"saturated first: {server.get('first_saturated') or 'nothing'}"
+              + (f" (errors sampling: {', '.join(server['errors'])})" if server.get("errors") else ""))
+    verdict = summary["verdict"]
+    print(f"SLO verdict: {verdict['status']} ({path})")
+    for v in verdict["violations"]:
+        print(f"  {v['page']}: {v['metric']} {v['value']:g} > {v['limit']:g} ({v.get('scope', 'run')})")
+    for m in verdict.get("missing", []):
+        print(f"  {m['page']}: ran {m['requests']} time(s) after warm-up, at least {m['minimum']} needed")
+    return {"PASS": EXIT_PASS, "FAIL": EXIT_SLO_FAILED}.get(verdict["status"], EXIT_INCONCLUSIVE)

@@ -6,30 +6,46 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from moodleops.loadtests.fixture import LoadtestError
 from moodleops.loadtests.model import LoadModel, Population, RoleParams, shape_load
+from moodleops.loadtests.server import ServerSampler
 from moodleops.loadtests.sessions import (
+    BROWSER_PREFIXES,
     ROLE_OF,
     SHAPE_KINDS,
     SimPlan,
     class_counts,
     expected_mix,
     mean_think,
+    mix_gap,
+    page_mix,
     session_think_scale,
     think_role,
 )
-from moodleops.loadtests.summary import build_summary, read_stats, verdict
+from moodleops.loadtests.ssh import RemoteWorkers, SshOptions, master_address
+from moodleops.loadtests.summary import (
+    PageStats,
+    build_summary,
+    missing_pages,
+    read_requests,
+    read_stats,
+    verdict,
+    windows,
+)
 from moodleops.loadtests.timeline import PLAN_ENV, timeline
 
-from moodleops.inventory import Inventory, is_loopback
+from moodleops.inventory import Host, Inventory, is_loopback
+from moodleops.site import Site
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 MAX_USERS_WITHOUT_FORCE = 2000      # a typo (--users 50000) must not melt the machine
@@ -47,6 +63,10 @@ class RunRequest:
     start_hour: float
     results_dir: Path
     target: str
+    # Remote workers (over SSH): hosts when not from the inventory's loadgen group (tests).
+    ssh_hosts: tuple[Host, ...] = ()
+    ssh: SshOptions = field(default_factory=SshOptions)
+    master_host: str | None = None        # the address remote workers reach the master at
 
 
 def _think(role: RoleParams) -> dict[str, Any]:
@@ -176,39 +196,58 @@ def _locust_cmd(extra: list[str]) -> list[str]:
             "--stop-timeout", "15", *extra]
 
 
-def run_locust(plan_path: Path, req: RunRequest, inv: Inventory, *, echo: bool = True) -> int:
-    """Run locust to the end of the plan; returns its exit code (1 = some request failed)."""
+class LocustFailed(LoadtestError):
+    """Locust itself failed (not a verdict): its exit status and log say why."""
+
+
+def run_locust(plan_path: Path, req: RunRequest, inv: Inventory, *, echo: bool = True,
+               on_started: Callable[[list[int]], None] | None = None) -> int:
+    """Run locust to the end of the plan; returns its exit code (0, or 1 when
+    some request failed). Any other status is Locust's own failure: raised."""
     prefix = str(req.results_dir / "locust")
     env = {**os.environ, PLAN_ENV: str(plan_path)}
-    out = None if echo else subprocess.DEVNULL
+    log = open(req.results_dir / "locust.log", "ab")  # noqa: SIM115 - closed below
+    out: Any = None if echo else log
     reports = ["--csv", prefix, "--html", str(req.results_dir / "report.html")]
     deadline = float(json.loads(plan_path.read_text(encoding="utf-8"))["timeline"]["duration_s"]) + GRACE_S
     procs: list[subprocess.Popen[bytes]] = []
+    remote_workers: RemoteWorkers | None = None
     if req.workers <= 0:
         main = subprocess.Popen(_locust_cmd(reports), env=env, cwd=req.results_dir, stdout=out, stderr=out)
     else:
         loadgen = inv.group("loadgen")
-        remote = [h for h in loadgen if not is_loopback(h.address)]
-        expect = req.workers
-        main = subprocess.Popen(_locust_cmd([*reports, "--master", "--expect-workers", str(expect),
-                                             "--master-bind-host", "0.0.0.0" if remote else "127.0.0.1"]),
+        remote = [h for h in loadgen if not is_loopback(h.address)] or list(req.ssh_hosts)
+        # Reachable by the workers, and only by them when they are all on this machine.
+        bind = "127.0.0.1" if all(is_loopback(h.address) for h in remote) else "0.0.0.0"
+        port = _free_port(bind)
+        main = subprocess.Popen(_locust_cmd([*reports, "--master", "--expect-workers", str(req.workers),
+                                             "--master-bind-host", bind, "--master-bind-port", str(port)]),
                                 env=env, cwd=req.results_dir, stdout=out, stderr=out)
         if remote:
-            # Workers on other load generators are started there (same checkout, same plan file).
-            print("start on each loadgen host: " + " ".join(
-                [f"{PLAN_ENV}={plan_path}", *_locust_cmd(["--worker", "--master-host", "<this host>"])]),
-                file=sys.stderr)
+            # Workers on the load generators, started over SSH (same checkout, the plan copied there).
+            remote_workers = RemoteWorkers(remote, req.ssh)
+            master = "127.0.0.1" if bind == "127.0.0.1" else (req.master_host or master_address(remote))
+            try:
+                remote_workers.start(plan_path, req.workers, master, port)
+            except LoadtestError:
+                main.kill()
+                main.wait()
+                log.close()
+                raise
         else:
             for _ in range(req.workers):
-                procs.append(subprocess.Popen(_locust_cmd(["--worker", "--master-host", "127.0.0.1"]), env=env,
+                procs.append(subprocess.Popen(_locust_cmd(["--worker", "--master-host", "127.0.0.1",
+                                                           "--master-port", str(port)]), env=env,
                                               cwd=req.results_dir, stdout=subprocess.DEVNULL,
                                               stderr=out))
+    if on_started is not None:
+        on_started([main.pid] + [p.pid for p in procs])
     try:
         code = main.wait(timeout=deadline + 30)
     except subprocess.TimeoutExpired:
         main.kill()
         main.wait()
-        raise LoadtestError(f"locust did not stop {deadline + 30:.0f} s after start; killed") from None
+        raise LocustFailed(f"locust did not stop {deadline + 30:.0f} s after start; killed") from None
     finally:
         for p in procs:
             try:
@@ -216,36 +255,99 @@ def run_locust(plan_path: Path, req: RunRequest, inv: Inventory, *, echo: bool =
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
+        if remote_workers is not None:
+            remote_workers.stop()
+        log.close()
+    if code not in (0, 1):
+        tail = _tail(req.results_dir / "locust.log")
+        raise LocustFailed(f"locust exited with status {code} (its own failure, not a verdict)"
+                           + (f": {tail}" if tail else f"; see {req.results_dir / 'locust.log'}"))
     return code
 
 
+def _free_port(bind: str) -> int:
+    with socket.socket() as s:
+        s.bind((bind, 0))
+        return int(s.getsockname()[1])
+
+
+def _tail(path: Path) -> str:
+    try:
+        lines = [ln.strip() for ln in path.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    return lines[-1][:300] if lines else ""
+
+
 def run(req: RunRequest, inv: Inventory, model: LoadModel, fixture: dict[str, Any], *,
-        echo: bool = True) -> dict[str, Any]:
-    """Plan, run, judge. Writes plan.json, locust_*.csv, report.html and summary.json
-    into the results directory and returns the summary."""
+        echo: bool = True, site: Site | None = None) -> dict[str, Any]:
+    """Plan, run, judge. Writes plan.json, locust_*.csv, requests.csv, report.html
+    and summary.json into the results directory and returns the summary."""
     if req.users is not None and req.users > MAX_USERS_WITHOUT_FORCE:
         raise LoadtestError(f"--users: {req.users} is not valid (1 to {MAX_USERS_WITHOUT_FORCE})")
-    req.results_dir.mkdir(parents=True, exist_ok=True)
     plan = make_plan(req, inv, model, fixture)
+    req.results_dir.mkdir(parents=True, exist_ok=True)
+    (req.results_dir / "requests.csv").unlink(missing_ok=True)
     plan_path = req.results_dir / "plan.json"
     plan_path.touch(mode=0o600)
     plan_path.write_text(json.dumps(plan, indent=2), encoding="utf-8")
+    sampler = ServerSampler.for_inventory(inv, site, req.target) if site is not None else None
     started = time.monotonic()
-    run_locust(plan_path, req, inv, echo=echo)
+    try:
+        code = run_locust(plan_path, req, inv, echo=echo,
+                          on_started=sampler.start if sampler is not None else None)
+    finally:
+        if sampler is not None:
+            sampler.stop()
     elapsed = time.monotonic() - started
     stats = req.results_dir / "locust_stats.csv"
     if not stats.is_file():
-        raise LoadtestError(f"locust wrote no statistics ({stats}); see its output above")
+        raise LocustFailed(f"locust wrote no statistics ({stats}); see {req.results_dir / 'locust.log'}")
     pages, total = read_stats(stats)
-    violations = verdict(pages, total, model.slo)
-    summary = build_summary(pages=pages, total=total, slo=model.slo, violations=violations, run={
+    if code == 1 and total.failures == 0:
+        raise LocustFailed(f"locust exited with status 1 but counted no failed request; see "
+                           f"{req.results_dir / 'locust.log'}")
+    return judge_run(req, inv, model, plan, pages, total, code, elapsed,
+                     sampler.report() if sampler is not None else None)
+
+
+def judge_run(req: RunRequest, inv: Inventory, model: LoadModel, plan: dict[str, Any],
+              pages: dict[str, PageStats], total: PageStats, code: int, elapsed: float,
+              server: dict[str, Any] | None) -> dict[str, Any]:
+    start, samples = read_requests(req.results_dir / "requests.csv")
+    recurring = req.shape not in ("exam", "smoke")
+    warmup = model.run.warmup_share * req.duration_s if recurring else 0.0
+    win = None
+    steady_pages = pages
+    peak_pages = None
+    if samples:
+        win = windows(start if start is not None else samples[0].t, samples, float(plan["timeline"]["duration_s"]),
+                      warmup, max(10.0, model.run.peak_window_share * req.duration_s))
+        steady_pages, peak_pages = win.steady_pages, win.peak_pages
+    counts = {n: st.requests for n, st in steady_pages.items()}
+    steady_total = win.steady_total if win is not None else total
+    # The expected mix for the response times this run actually saw.
+    expected = plan_mix(plan, response_s=steady_total.avg_ms / 1000)
+    observed = page_mix(counts)
+    worst, gap = mix_gap(expected, observed) if observed else ("all", 1.0)
+    violations = verdict(steady_pages, total, model.slo, peak=peak_pages)
+    missing = missing_pages(expected, steady_pages, model.run.min_requests_per_page)
+    summary = build_summary(pages=pages, total=total, slo=model.slo, violations=violations, missing=missing,
+                            win=win, run={
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "inventory": inv.env, "target": req.target, "shape": req.shape,
         "users": plan["timeline"]["peak_users"], "duration_s": req.duration_s,
         "elapsed_s": round(elapsed, 1), "compression": plan["timeline"]["compression"],
-        "think_scale": req.think_scale, "workers": req.workers,
+        "think_scale": req.think_scale, "session_think_scale": plan["think_scale"], "workers": req.workers,
         "population": plan["population"], "model": plan["model"],
-        "reports": {"csv_prefix": str(req.results_dir / "locust"), "html": str(req.results_dir / "report.html")},
+        "reports": {"csv_prefix": str(req.results_dir / "locust"), "html": str(req.results_dir / "report.html"),
+                    "requests_csv": str(req.results_dir / "requests.csv")},
     })
+    summary["mix"] = {"expected": expected, "observed": {p: round(v, 5) for p, v in observed.items()},
+                      "worst_page": worst, "gap": round(gap, 5), "tolerance": model.run.mix_tolerance,
+                      "within": gap <= model.run.mix_tolerance}
+    summary["browser"] = {n: st.requests for n, st in steady_pages.items() if n.startswith(BROWSER_PREFIXES)}
+    summary["server"] = server
+    summary["locust_exit_code"] = code
     (req.results_dir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     return summary
