@@ -10,7 +10,14 @@ from pathlib import Path
 
 from moodleops.loadtests import fixture as fx
 from moodleops.loadtests.model import SHAPES, Population, load_model, shape_load
-from moodleops.loadtests.runner import MAX_USERS_WITHOUT_FORCE, LocustFailed, RunRequest, make_plan, run
+from moodleops.loadtests.runner import (
+    MAX_USERS_WITHOUT_FORCE,
+    LocustFailed,
+    RunRequest,
+    fixture_size,
+    make_plan,
+    run,
+)
 from moodleops.loadtests.ssh import SshOptions, WorkerHostError
 
 from moodleops.commands import add_area, add_command
@@ -108,7 +115,12 @@ examples:
 Create, through Moodle's testing data generator (moodleops/php/loadtest_fixture.php),
 a category and course named after PREFIX with a forum and a discussion, a quiz of
 true/false questions, an assignment taking one file and a file resource, plus
-PREFIXs0001.. student and PREFIXt0001.. trainer accounts enrolled in it. The ids
+PREFIXs0001.. student and PREFIXt0001.. trainer accounts enrolled in it;
+--courses courses are spread over the categories of as many schools of the
+inventory, each with its own forum, quiz, assignment and a course document
+whose size is drawn from the model's file sizes (loadmodel.yml files:).
+--for-shape sizes the accounts from the model: at least the concurrent
+sessions of that shape's peak per role (a run refuses fewer). The ids
 and the accounts' random password are recorded in FIXTURE_DIR/PREFIX.json (0600).
 If anything fails, what was created is removed again.""",
                        epilog="""\
@@ -124,6 +136,12 @@ examples:
     prep.add_argument("--students", type=_positive_int, default=30)
     prep.add_argument("--trainers", type=_positive_int, default=3)
     prep.add_argument("--questions", type=_positive_int, default=5, help="quiz questions, one per page")
+    prep.add_argument("--courses", type=_positive_int, default=3,
+                      help="courses, spread over as many of the inventory's schools (default: 3)")
+    prep.add_argument("--for-shape", choices=SHAPES, metavar="NAME", default=None,
+                      help="at least the accounts that shape needs at its peak (with --users and --workers)")
+    prep.add_argument("--users", type=_positive_int, default=None, help="with --for-shape: the peak users")
+    prep.add_argument("--workers", type=int, default=0, help="with --for-shape: the Locust workers")
     prep.add_argument("--force-production", action="store_true", help=force_help)
     prep.add_argument("--fixture-dir", type=Path, default=None,
                       help="where fixture records live (default: <moodleops_state_dir>/loadtests)")
@@ -251,10 +269,18 @@ def run_prepare(args: argparse.Namespace) -> int:
         fx.guard_inventory(inv, args.force_production, "prepare a load-test fixture")
         prefix = fx.check_prefix(args.prefix) if args.prefix else fx.new_prefix()
         site = site_of(inv)
-        print(f"preparing {prefix}: {args.students} students, {args.trainers} trainers, "
-              f"{args.questions} questions on {site.wwwroot} ...", flush=True)
-        rec = fx.prepare(MoodleCLI(site), prefix, students=args.students, trainers=args.trainers,
-                         questions=args.questions, directory=_fixture_dir(args, site.state_dir))
+        model = load_model(inv)
+        students, trainers = args.students, args.trainers
+        if args.for_shape:
+            need_s, need_t = fixture_size(args.for_shape, inv, model, users=args.users, workers=args.workers,
+                                          questions=args.questions)
+            students, trainers = max(students, need_s), max(trainers, need_t)
+        schools = [s.name for s in inv.schools][:args.courses]
+        print(f"preparing {prefix}: {students} students, {trainers} trainers, {args.courses} course(s) in "
+              f"{len(schools)} school(s), {args.questions} questions on {site.wwwroot} ...", flush=True)
+        rec = fx.prepare(MoodleCLI(site), prefix, students=students, trainers=trainers,
+                         questions=args.questions, directory=_fixture_dir(args, site.state_dir),
+                         schools=schools, courses=args.courses, sizes=model.submission_sizes)
     except fx.LoadtestError as exc:
         return _fail(str(exc))
     except MoodleError as exc:

@@ -33,6 +33,8 @@ LOGIN_TOKEN = re.compile(r'name="logintoken"\s+value="([^"]+)"')
 UPLOAD_REPO = re.compile(r'"id":"(\d+)","name":"[^"]*","type":"upload"')
 PAGE_CONTEXT = re.compile(r'"context":\{"id":(\d+),"contextlevel":70')
 ATTEMPT_ID = re.compile(r"[?&]attempt=(\d+)")
+# A Moodle form's validation error under a field (the form was shown again).
+FORM_ERROR = re.compile(r'id="id_error_[^"]*"[^>]*>\s*([^<\s][^<]*)')
 # Revisioned theme/JS URLs of a Moodle page head (cached by browsers for 90 days).
 ASSET = re.compile(r'(?:href|src)="([^"]*/(?:theme/styles\.php|theme/yui_combo\.php|lib/javascript\.php)[^"]*)"')
 # RequireJS base of the page: <base>core/first.js is every (non-lazy) AMD module in one response.
@@ -131,6 +133,9 @@ class MoodleFlows:
         with self.client.request(method, path, name=name, catch_response=True, **kw) as resp:
             if resp.status_code not in expect:
                 problem: str | None = f"HTTP {resp.status_code}, expected {'/'.join(map(str, expect))}"
+                form_error = FORM_ERROR.search(resp.text or "") if resp.status_code == 200 else None
+                if form_error:
+                    problem += f" (the form says: {' '.join(form_error.group(1).split())[:120]})"
             else:
                 try:
                     problem = check(resp)

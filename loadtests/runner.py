@@ -112,14 +112,32 @@ def check_accounts(shape: str, peak_users: int, weights: dict[str, int], workers
                 f"prepare a fixture with --{role}s {required} or more, or lower --users")
 
 
+def fixture_size(shape: str, inv: Inventory, model: LoadModel, *, users: int | None, workers: int,
+                 questions: int, scale: float = 1.0) -> tuple[int, int]:
+    """(students, trainers) a fixture needs for `shape` at its peak (what check_accounts asks)."""
+    pop = Population.of(inv, scale)
+    if users is None and shape == "smoke":
+        users = model.smoke.users
+    tl = timeline(shape, model, pop, users=users, duration_s=60.0, questions=questions)
+    load = shape_load(shape, model, pop, questions=questions, takers=users if shape == "exam" else None)
+    counts = class_counts(_weights(shape, load.student_fraction, load.detail), tl.peak_users)
+    procs = max(1, workers)
+    need = []
+    for role in ("student", "trainer"):
+        n = sum(c for k, c in counts.items() if ROLE_OF.get(k, "student") == role)
+        need.append(max(1, n + (procs if procs > 1 and n else 0)))
+    return need[0], need[1]
+
+
 def make_plan(req: RunRequest, inv: Inventory, model: LoadModel, fixture: dict[str, Any]) -> dict[str, Any]:
     pop = Population.of(inv, req.scale)
     questions = int(fixture["quiz_questions"])
     users = req.users if req.users is not None else (model.smoke.users if req.shape == "smoke" else None)
     tl = timeline(req.shape, model, pop, users=users, duration_s=req.duration_s, start_hour=req.start_hour,
                   questions=questions)
-    students = [u["username"] for u in fixture["students"]]
-    trainers = [u["username"] for u in fixture["trainers"]]
+    # Each account with the index of its course in fixture["courses"].
+    students = [[u["username"], int(u.get("course", 0))] for u in fixture["students"]]
+    trainers = [[u["username"], int(u.get("course", 0))] for u in fixture["trainers"]]
     load = shape_load(req.shape, model, pop, questions=questions, takers=users if req.shape == "exam" else None)
     weights = _weights(req.shape, load.student_fraction, load.detail)
     check_accounts(req.shape, tl.peak_users, weights, req.workers, len(students), len(trainers))

@@ -226,8 +226,9 @@ class Windows:
 
 def windows(start: float, samples: list[Sample], duration_s: float, warmup_s: float, window_s: float) -> Windows:
     """Steady part (after warm-up) and the busiest window of `window_s` in it (1 s steps)."""
-    steady = [s for s in samples if s.t - start >= warmup_s]
-    end = max([duration_s] + [s.t - start for s in steady])
+    # After warm-up and before the planned end (users stopping after it are not the shape).
+    steady = [s for s in samples if warmup_s <= s.t - start < duration_s]
+    end = duration_s
     steady_pages, steady_total = stats_of(steady, max(1e-9, end - warmup_s))
     window_s = max(1.0, min(window_s, end - warmup_s))
     bins: dict[int, int] = {}

@@ -20,7 +20,8 @@ from moodleops.loadtests.sessions import ROLE_OF, SCRIPTS, session_flows, think_
 from moodleops.loadtests.timeline import load_plan
 
 PLAN: dict[str, Any] = load_plan()
-FIXTURE = Fixture.of(PLAN["fixture"])
+# One Fixture per course of the fixture (older records: the one course at the top level).
+COURSES = [Fixture.of(c) for c in PLAN["fixture"].get("courses") or [PLAN["fixture"]]]
 SIZES = FileSizes(tuple((float(q), float(b)) for q, b in PLAN["files"]["submission_quantiles"]))
 
 
@@ -29,17 +30,17 @@ class AccountPool:
     session at a time (two sessions in one account would share a quiz
     attempt). Processes take disjoint slices (worker k: every K-th account)."""
 
-    def __init__(self, names: list[str], worker: int, workers: int) -> None:
-        self.free = collections.deque(names[worker::workers])
+    def __init__(self, accounts: list[tuple[str, int]], worker: int, workers: int) -> None:
+        self.free = collections.deque((str(a), int(c)) for a, c in accounts[worker::workers])
 
-    def take(self) -> str:
+    def take(self) -> tuple[str, int]:
         if not self.free:
             # The plan refuses fixtures smaller than the peak (runner.check_accounts).
             raise StopUser("no free account left in this process's share of the fixture")
         return self.free.popleft()
 
-    def give_back(self, name: str) -> None:
-        self.free.append(name)
+    def give_back(self, account: tuple[str, int]) -> None:
+        self.free.append(account)
 
 
 class MoodleUser(FastHttpUser):
@@ -63,7 +64,7 @@ class MoodleUser(FastHttpUser):
         params = PLAN["think"][think_role(self.kind, PLAN["shape"])]
         self._think = think_sampler(params, float(PLAN.get("think_scale", 1.0)), random.Random())
         self.done = False
-        self.account: str | None = None
+        self.account: tuple[str, int] | None = None
 
     def on_stop(self) -> None:
         self._release()
@@ -79,23 +80,23 @@ class MoodleUser(FastHttpUser):
                                                   max(1, int(PLAN.get("workers", 1))))
         return MoodleUser._pools[role]
 
-    def next_account(self) -> Account:
+    def next_account(self) -> tuple[str, int]:
         self._release()
         self.account = self._pool().take()
-        return Account(self.account, PLAN["password"])
+        return self.account
 
     def _release(self) -> None:
         if getattr(self, "account", None):
             self._pool().give_back(self.account)  # type: ignore[arg-type]
             self.account = None
 
-    def fresh_flows(self) -> MoodleFlows:
+    def fresh_flows(self, course: int) -> MoodleFlows:
         # A new person: no cookies from the previous session's account, and a
         # browser cache that is cold with the model's probability.
         self.client.cookiejar.clear()
         browser = Browser(cold=random.random() < float(PLAN["browser"]["cold_cache_share"]),
                           time_scale=float(PLAN["browser"]["time_scale"]))
-        return MoodleFlows(self.client, FIXTURE, self.think, browser)
+        return MoodleFlows(self.client, COURSES[course % len(COURSES)], self.think, browser)
 
     def upload(self) -> bytes:
         size = SIZES.draw(random.random())
@@ -105,13 +106,13 @@ class MoodleUser(FastHttpUser):
         return {"assign_submit": lambda: flows.assign_submit(self.upload()),
                 "quiz_attempt": lambda: flows.quiz_attempt(self._think)}
 
-    def session(self, flows: MoodleFlows) -> None:
+    def session(self, flows: MoodleFlows, account: Account) -> None:
         special = self.flow_calls(flows)
         for think_first, flow in session_flows(self.kind, PLAN["actions"], random.Random()):
             if think_first:
                 self.think()
             if flow == "login":
-                flows.login(self.next_account())
+                flows.login(account)
             else:
                 special.get(flow, getattr(flows, flow))()
 
@@ -120,9 +121,10 @@ class MoodleUser(FastHttpUser):
         if self.done:
             gevent.sleep(1)      # one-shot scenario: stay counted, send nothing
             return
-        flows = self.fresh_flows()
+        name, course = self.next_account()
+        flows = self.fresh_flows(course)
         try:
-            self.session(flows)
+            self.session(flows, Account(name, PLAN["password"]))
         except FlowAborted:
             pass                 # already recorded as a failure; the person gives up this session
         finally:
@@ -161,8 +163,8 @@ class ExamStudentUser(MoodleUser):
     weight = 1
     kind = "ExamStudentUser"
 
-    def fresh_flows(self) -> MoodleFlows:
-        flows = super().fresh_flows()
+    def fresh_flows(self, course: int) -> MoodleFlows:
+        flows = super().fresh_flows(course)
         per_question = float(PLAN["exam"]["think_per_question_s"])
         # Takers are at their desks waiting for the start: no reading pauses
         # before the quiz, just the few seconds of finding the button.

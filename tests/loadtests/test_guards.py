@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
+from moodleops.loadtests.cli import (
+    EXIT_INCONCLUSIVE,
+    EXIT_PASS,
+    EXIT_SLO_FAILED,
+    RUN_EXIT_STATUS,
+    report_run,
+)
 from moodleops.loadtests.fixture import LoadtestError, check_prefix, guard_inventory, guard_target
 from moodleops.loadtests.forms import find_form
 
@@ -67,3 +75,34 @@ def test_forms_send_what_a_browser_sends() -> None:
     sent = form.submission(button="next")
     assert sent == [("attempt", "7"), ("slots", "1"), ("note", "hi & bye"), ("s", "b"),
                     ("q1:1_answer", "1"), ("next", "Next page")]
+
+
+def test_run_refuses_a_fixture_smaller_than_the_peak(tmp_path: Path, capsys) -> None:
+    """Fewer accounts than the shape's concurrent sessions: refused before
+    anything starts (two sessions in one account would share a quiz attempt)."""
+    record = {"prefix": "ltsmall1", "password": "x", "quiz_questions": 3, "course_id": 1, "forum_cmid": 1,
+              "discussion_id": 1, "discussion_post_id": 1, "resource_cmid": 1, "quiz_cmid": 1, "assign_cmid": 1,
+              "students": [{"username": f"ltsmall1s{i:04d}", "course": 0} for i in range(3)],
+              "trainers": [{"username": "ltsmall1t0001", "course": 0}]}
+    (tmp_path / "ltsmall1.json").write_text(json.dumps(record), encoding="utf-8")
+    rc = main(["loadtest", "run", "--prefix", "ltsmall1", "--shape", "weekday", "--users", "20",
+               "--fixture-dir", str(tmp_path), "--results", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.startswith("moodleops: error: fixture: 3 student account(s) for the weekday shape's 18 concurrent")
+    assert "--students 18" in err and err.count("\n") == 1
+    assert not (tmp_path / "r").exists()
+
+
+def test_each_verdict_has_its_exit_status(tmp_path: Path, capsys) -> None:
+    base = {"shape": "weekday", "users": 5, "totals": {"requests": 10, "rps": 1.0, "error_rate": 0.0, "p95_ms": 100}}
+    missing = [{"page": "quiz:submit", "requests": 1, "minimum": 3}]
+    cases = [({"status": "PASS", "violations": [], "missing": []}, EXIT_PASS),
+             ({"status": "FAIL", "violations": [{"page": "course", "metric": "p95", "value": 4000, "limit": 2500,
+                                                 "scope": "peak_window"}], "missing": missing}, EXIT_SLO_FAILED),
+             ({"status": "INCONCLUSIVE", "violations": [], "missing": missing}, EXIT_INCONCLUSIVE)]
+    for verdict, code in cases:
+        assert report_run({**base, "verdict": verdict}, tmp_path / "summary.json") == code
+    out = capsys.readouterr().out
+    assert "SLO verdict: INCONCLUSIVE" in out and "quiz:submit: ran 1 time(s) after warm-up, at least 3" in out
+    assert EXIT_INCONCLUSIVE == 3 and set(RUN_EXIT_STATUS) == {0, 1, 2, 3, 4}
