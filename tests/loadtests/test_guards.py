@@ -106,3 +106,63 @@ def test_each_verdict_has_its_exit_status(tmp_path: Path, capsys) -> None:
     out = capsys.readouterr().out
     assert "SLO verdict: INCONCLUSIVE" in out and "quiz:submit: ran 1 time(s) after warm-up, at least 3" in out
     assert EXIT_INCONCLUSIVE == 3 and set(RUN_EXIT_STATUS) == {0, 1, 2, 3, 4}
+
+
+class _Recorder:
+    """A client that answers like Moodle's autosave / service.php and records the time of each call."""
+
+    def __init__(self, clock: list[float]) -> None:
+        self.clock, self.calls = clock, []
+
+    def request(self, method, path, name, **kw):
+        self.calls.append((round(self.clock[0], 3), name))
+        body = '{"status":"OK"}' if "autosave" in path else '[{"error":false,"data":true}]'
+        return _Resp(body)
+
+
+class _Resp:
+    status_code = 200
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.headers = {"content-type": "application/json"}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a) -> bool:
+        return False
+
+    def success(self) -> None:
+        pass
+
+    def failure(self, msg: str) -> None:
+        raise AssertionError(msg)
+
+
+def test_quiz_page_timers_run_in_compressed_time() -> None:
+    """On an attempt page the autosave fires its period after the answer (a
+    third into the thinking) and the keep-alive every period, both divided by
+    the compression; none fires once the person has moved on."""
+    from moodleops.loadtests.flows import Browser, Fixture, MoodleFlows
+
+    clock = [0.0]
+    client = _Recorder(clock)
+    flows = MoodleFlows(client, Fixture(1, 1, 1, 1, 1, 1, 1, 1), lambda: None, Browser(cold=False, time_scale=0.1),
+                        sleep=lambda s: clock.__setitem__(0, clock[0] + s))
+    flows.sesskey = "abc"
+    html = ('<form action="/mod/quiz/processattempt.php"><input type="hidden" name="attempt" value="7">'
+            '<input type="hidden" name="slots" value="1"><input type="radio" name="q1:1_answer" value="1"></form>'
+            '<script>M.mod_quiz.autosave.init(60);require([\'core/network\'], function(amd) '
+            '{amd.keepalive(40, 0, "sessionerroruser", "error");});</script>')
+    form = find_form(html, action_contains="processattempt.php", has_field="slots")
+    flows._dwell_on_question(30.0, form, html)          # 300 model seconds on the question
+    assert clock[0] == pytest.approx(30.0)
+    # keep-alive at 4, 8, ... 28 s; autosave at 10 + 6 = 16 s.
+    assert client.calls == [(4.0, "ajax:core_session_touch"), (8.0, "ajax:core_session_touch"),
+                            (12.0, "ajax:core_session_touch"), (16.0, "quiz:autosave"),
+                            (16.0, "ajax:core_session_touch"), (20.0, "ajax:core_session_touch"),
+                            (24.0, "ajax:core_session_touch"), (28.0, "ajax:core_session_touch")]
+    client.calls.clear()
+    flows._dwell_on_question(3.0, form, html)           # moved on before any timer
+    assert client.calls == []

@@ -107,10 +107,9 @@ def test_exam_takers_start_together_and_all_submit(prepared, moodle: MoodleCLI, 
     assert state["quiz_attempts_inprogress"] == 0
     assert summary["compression"] == pytest.approx(3600 / 20)
     assert rc == (0 if summary["verdict"]["pass"] else 1)
-    # The attempt pages' own timers, compressed like the exam: autosave after an
-    # answer changes, keep-alive every sessiontimeout / 10 of model time.
+    # The attempt page's autosave, compressed like the exam: a minute after the
+    # answer changes, within the ~19 model minutes spent on each question.
     assert pages["quiz:autosave"]["requests"] >= EXAM_USERS and pages["quiz:autosave"]["failures"] == 0
-    assert pages["ajax:core_session_touch"]["requests"] >= EXAM_USERS
 
 
 def test_short_weekday_keeps_the_mix_and_samples_the_server(prepared, tmp_path: Path) -> None:
