@@ -318,15 +318,25 @@ def run(req: RunRequest, inv: Inventory, model: LoadModel, fixture: dict[str, An
         if sampler is not None:
             sampler.stop()
     elapsed = time.monotonic() - started
-    stats = req.results_dir / "locust_stats.csv"
-    if not stats.is_file():
-        raise LocustFailed(f"locust wrote no statistics ({stats}); see {req.results_dir / 'locust.log'}")
-    pages, total = read_stats(stats)
-    if code == 1 and total.failures == 0:
-        raise LocustFailed(f"locust exited with status 1 but counted no failed request; see "
-                           f"{req.results_dir / 'locust.log'}")
+    pages, total = locust_results(code, req.results_dir)
     return judge_run(req, inv, model, plan, pages, total, code, elapsed,
                      sampler.report() if sampler is not None else None)
+
+
+def locust_results(code: int, results_dir: Path) -> tuple[dict[str, PageStats], PageStats]:
+    """Locust's statistics, once its exit status is consistent with them:
+    1 means "some request failed", so 1 without a failed request, or no
+    statistics at all, is Locust's own failure."""
+    stats = results_dir / "locust_stats.csv"
+    log = results_dir / "locust.log"
+    if not stats.is_file():
+        tail = _tail(log)
+        raise LocustFailed(f"locust exited with status {code} and wrote no statistics"
+                           + (f": {tail}" if tail else f"; see {log}"))
+    pages, total = read_stats(stats)
+    if code == 1 and total.failures == 0:
+        raise LocustFailed(f"locust exited with status 1 but counted no failed request; see {log}")
+    return pages, total
 
 
 def judge_run(req: RunRequest, inv: Inventory, model: LoadModel, plan: dict[str, Any],
@@ -340,7 +350,7 @@ def judge_run(req: RunRequest, inv: Inventory, model: LoadModel, plan: dict[str,
     peak_pages = None
     if samples:
         win = windows(start if start is not None else samples[0].t, samples, float(plan["timeline"]["duration_s"]),
-                      warmup, max(10.0, model.run.peak_window_share * req.duration_s))
+                      warmup, max(10.0, model.run.peak_window_share * req.duration_s), cut_at_end=recurring)
         steady_pages, peak_pages = win.steady_pages, win.peak_pages
     counts = {n: st.requests for n, st in steady_pages.items()}
     steady_total = win.steady_total if win is not None else total

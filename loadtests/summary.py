@@ -224,11 +224,14 @@ class Windows:
     peak_total: PageStats
 
 
-def windows(start: float, samples: list[Sample], duration_s: float, warmup_s: float, window_s: float) -> Windows:
-    """Steady part (after warm-up) and the busiest window of `window_s` in it (1 s steps)."""
-    # After warm-up and before the planned end (users stopping after it are not the shape).
-    steady = [s for s in samples if warmup_s <= s.t - start < duration_s]
-    end = duration_s
+def windows(start: float, samples: list[Sample], duration_s: float, warmup_s: float, window_s: float,
+            *, cut_at_end: bool = True) -> Windows:
+    """Steady part (after warm-up) and the busiest window of `window_s` in it (1 s steps).
+    `cut_at_end`: leave out what came after the planned end (users of a recurring
+    shape stopping); one-shot shapes keep it (the last takers finishing)."""
+    last = max([duration_s] + [s.t - start for s in samples])
+    end = duration_s if cut_at_end else last
+    steady = [s for s in samples if warmup_s <= s.t - start and (s.t - start < end or not cut_at_end)]
     steady_pages, steady_total = stats_of(steady, max(1e-9, end - warmup_s))
     window_s = max(1.0, min(window_s, end - warmup_s))
     bins: dict[int, int] = {}

@@ -166,3 +166,18 @@ def test_quiz_page_timers_run_in_compressed_time() -> None:
     client.calls.clear()
     flows._dwell_on_question(3.0, form, html)           # moved on before any timer
     assert client.calls == []
+
+
+def test_locusts_own_failure_is_not_a_verdict(tmp_path: Path, local_inventory) -> None:
+    """A locustfile that cannot load its plan: Locust fails before any request;
+    the runner reports that failure (exit 4 in the CLI), not a verdict."""
+    from moodleops.loadtests.runner import LocustFailed, RunRequest, locust_results, run_locust
+
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"timeline": {"shape": "no-such-shape", "duration_s": 5}}), encoding="utf-8")
+    req = RunRequest(shape="smoke", users=1, duration_s=5, workers=0, think_scale=1.0, scale=1.0, start_hour=0.0,
+                     results_dir=tmp_path, target="http://127.0.0.1:9")
+    code = run_locust(plan, req, local_inventory, echo=False)
+    assert code != 0
+    with pytest.raises(LocustFailed, match=f"locust exited with status {code} and wrote no statistics: .*KeyError"):
+        locust_results(code, tmp_path)

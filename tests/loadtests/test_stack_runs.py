@@ -24,6 +24,7 @@ pytestmark = pytest.mark.stack
 SMOKE_USERS = 6          # weights 3:1 -> some students doing every student flow, trainers grading
 EXAM_USERS = 5
 WEEKDAY_USERS = 12
+EXIT_OF = {"PASS": 0, "FAIL": 1, "INCONCLUSIVE": 3}
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +84,9 @@ def test_smoke_run_completes_every_flow(prepared, moodle: MoodleCLI, tmp_path: P
                  "logout"):
         assert pages[page]["requests"] >= 1 and pages[page]["failures"] == 0, page
     assert (tmp_path / "report.html").is_file() and (tmp_path / "locust_stats.csv").is_file()
-    assert rc == (0 if summary["verdict"]["pass"] else 1)
+    # A one-shot run of six people: pages the trainers ran once or twice are too
+    # few to judge, and the verdict says so rather than passing.
+    assert rc == EXIT_OF[summary["verdict"]["status"]]
     # What Moodle holds afterwards, counted among this run's users only.
     state = fx.inspect(moodle, prefix)
     assert state["quiz_attempts_finished"] == students
@@ -106,7 +109,7 @@ def test_exam_takers_start_together_and_all_submit(prepared, moodle: MoodleCLI, 
     assert state["quiz_attempts_finished"] - before == EXAM_USERS
     assert state["quiz_attempts_inprogress"] == 0
     assert summary["compression"] == pytest.approx(3600 / 20)
-    assert rc == (0 if summary["verdict"]["pass"] else 1)
+    assert rc == EXIT_OF[summary["verdict"]["status"]]
     # The attempt page's autosave, compressed like the exam: a minute after the
     # answer changes, within the ~19 model minutes spent on each question.
     assert pages["quiz:autosave"]["requests"] >= EXAM_USERS and pages["quiz:autosave"]["failures"] == 0
@@ -134,5 +137,4 @@ def test_short_weekday_keeps_the_mix_and_samples_the_server(prepared, tmp_path: 
     assert max(s["db"]["connections"] for s in server["samples"]) >= 1    # Moodle's backends, seen read-only
     assert any(v > 0 for s in server["samples"] for v in s["generator_cpu"].values())
     assert server["first_saturated"] in (None, *server["saturation"])
-    status = summary["verdict"]["status"]
-    assert rc == {"PASS": 0, "FAIL": 1, "INCONCLUSIVE": 3}[status]
+    assert rc == EXIT_OF[summary["verdict"]["status"]]
