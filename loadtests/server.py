@@ -17,14 +17,22 @@ from urllib.parse import urlsplit
 
 import psycopg
 import requests
+import yaml
 
-from moodleops.inventory import Inventory
-from moodleops.inventory.loader import is_loopback
-from moodleops.site import Site, SiteError, platform_vars
+from moodleops import REPO_ROOT
+from moodleops.inventory import Inventory, is_loopback
+from moodleops.site import Site, SiteError
 
 CPU_SATURATED = 0.90            # a node busier than this is CPU-bound
 GENERATOR_SATURATED = 0.90      # a Locust process above this (of one core) lags behind its users
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def _role_default(role: str, name: str) -> Any:
+    """A value of a role's documented API (defaults/main.yml): where the status
+    page and node_exporter are is the playbooks' fact, read from there."""
+    path = REPO_ROOT / "playbooks" / "roles" / role / "defaults" / "main.yml"
+    return yaml.safe_load(path.read_text(encoding="utf-8"))[name]
 
 
 def _proc_stat_cpu() -> tuple[float, float]:
@@ -83,9 +91,8 @@ class ServerSampler:
 
     @classmethod
     def for_inventory(cls, inv: Inventory, site: Site, target: str, interval_s: float = 2.0) -> ServerSampler:
-        v = platform_vars(inv)
-        status = str(v.get("php_fpm_status_path") or "/fpm-status")
-        exporter_port = int(v.get("monitoring_node_exporter_port") or 9100)
+        status = str(_role_default("platform_defaults", "php_fpm_status_path"))
+        exporter_port = int(_role_default("monitoring", "monitoring_node_exporter_port"))
         parts = urlsplit(target)
         nodes: list[Node] = []
         seen: set[str] = set()
