@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 from moodleops.loadtests import fixture as fx
 from moodleops.loadtests.model import load_model
-from moodleops.loadtests.runner import RunRequest, run
+from moodleops.loadtests.runner import RunRequest, make_plan, run
 from moodleops.loadtests.ssh import RemoteWorkers, SshOptions, WorkerHostError
 
 from moodleops.cli import main
-from moodleops.inventory import Host, Inventory
+from moodleops.inventory import Host, Inventory, load_inventory
 from moodleops.site import Site
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
@@ -83,8 +83,15 @@ StrictModes no
 def test_workers_that_do_not_leave_are_killed_over_ssh(sshd: SshOptions, tmp_path: Path) -> None:
     """A worker whose master never answers: stop() kills it through its pid file
     and removes the plan; nothing is left on the load generator."""
+    # A real plan (the worker loads it and then waits for its master).
+    record = {"quiz_questions": 2, "password": "not-in-argv", "course_id": 1, "forum_cmid": 1, "discussion_id": 1,
+              "discussion_post_id": 1, "resource_cmid": 1, "quiz_cmid": 1, "assign_cmid": 1,
+              "students": [{"username": f"s{i}"} for i in range(9)], "trainers": [{"username": "t1"}]}
+    req = RunRequest(shape="smoke", users=4, duration_s=20, workers=1, think_scale=0.01, scale=1.0, start_hour=0.0,
+                     results_dir=tmp_path, target="http://127.0.0.1:9")
+    inv = load_inventory("local")
     plan = tmp_path / "plan.json"
-    plan.write_text(json.dumps({"timeline": {"shape": "smoke"}, "password": "not-in-argv"}), encoding="utf-8")
+    plan.write_text(json.dumps(make_plan(req, inv, load_model(inv), record)), encoding="utf-8")
     workers = RemoteWorkers([LOOP], sshd)
     workers.start(plan, 1, "127.0.0.1", _free_port())       # no master there
     remote = Path(sshd.remote_dir)
