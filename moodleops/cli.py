@@ -25,6 +25,7 @@ AREAS: dict[str, str] = {
     "incident": "moodleops.incident.cli",
     "storage": "moodleops.exporters.storage_cli",
     "backup": "moodleops.backup.cli",
+    "rehearsal": "moodleops.rehearsal.cli",
 }
 
 DESCRIPTION = """\
