@@ -75,9 +75,8 @@ def ensure_base(spec: Rehearsal, state: State, say: Say) -> bool:
     lxc.start(name, log)
     try:
         say(f"base: installing {len(spec.base_packages)} packages")
-        with open(log, "a", encoding="utf-8") as out:
-            out.write(lxc.attach(name, _install_script(spec), "installing the base packages", timeout=1800))
-            lxc.attach(name, _finish_script(spec), "preparing the base for cloning")
+        lxc.attach_logged(name, _install_script(spec), "installing the base packages", log)
+        lxc.attach_logged(name, _finish_script(spec), "preparing the base for cloning", log)
     finally:
         lxc.stop(name)
     state.base_complete = True

@@ -26,7 +26,7 @@ def _host_config(spec: Rehearsal, host: RehearsalHost) -> str:
     return "\n".join([
         f"{_MARK}: {host.name} of inventory '{spec.env}', base {spec.base_key}",
         f"lxc.uts.name = {host.name}",
-        f"lxc.net.0.ipv4.address = {host.address}/{spec.prefix_len}",
+        f"lxc.net.0.ipv4.address = {host.address}/{spec.prefix_len} {spec.network.broadcast_address}",
         f"lxc.net.0.ipv4.gateway = {spec.gateway}",
         # FUSE for the network filesystem of moodledata (sshfs: this kernel has no NFS).
         "lxc.mount.entry = /dev/fuse dev/fuse none bind,create=file 0 0",
@@ -46,6 +46,7 @@ def _prepare_script(spec: Rehearsal, host: RehearsalHost, public_key: str) -> st
     return "\n".join([
         "export PATH=/usr/sbin:/usr/bin:/sbin:/bin",
         f"echo {shlex.quote(host.name)} > /etc/hostname",
+        f"hostname {shlex.quote(host.name)}",
         f"printf %s {shlex.quote(_hosts_file(spec))} > /etc/hosts",
         f"install -d -m 700 -o {ssh.USER} -g {ssh.USER} /home/{ssh.USER}/.ssh",
         f"printf '%s\\n' {shlex.quote(public_key)} > /home/{ssh.USER}/.ssh/authorized_keys",
@@ -98,8 +99,11 @@ def up(spec: Rehearsal, say: Say) -> None:
             state.containers[host.container] = spec.base_key
             state.save(spec.state_dir)
             _lxc(lambda h=host: lxc.clone_snapshot(spec.base_container, h.container), host)
-            with open(lxc.config_path(host.container), "a", encoding="utf-8") as fh:
-                fh.write(_host_config(spec, host))
+            config = lxc.config_path(host.container)
+            # lxc-copy names the host after the container; the inventory's name wins.
+            kept = [line for line in config.read_text(encoding="utf-8").splitlines()
+                    if not line.startswith("lxc.uts.name")]
+            config.write_text("\n".join(kept) + "\n" + _host_config(spec, host), encoding="utf-8")
             say(f"{host.name}: cloned {host.container} ({host.address})")
         state.containers.setdefault(host.container, spec.base_key)
         if lxc.state(host.container) != "RUNNING":

@@ -94,3 +94,16 @@ def attach(name: str, script: str, what: str, *, timeout: float = 900) -> str:
     """Run a shell script as root inside the container; its stdout."""
     return _run(["lxc-attach", "-n", name, "--clear-env", "--", "/bin/bash", "-euo", "pipefail", "-s"],
                 f"{name}: {what}", input_text=script, timeout=timeout).stdout
+
+
+def attach_logged(name: str, script: str, what: str, log: Path, *, timeout: float = 1800) -> None:
+    """Like `attach`, the output streamed to `log` as it comes (long installs show progress there)."""
+    with open(log, "a", encoding="utf-8") as out:
+        try:
+            proc = subprocess.run(["lxc-attach", "-n", name, "--clear-env", "--", "/bin/bash", "-euo",
+                                   "pipefail", "-s"], input=script, stdout=out, stderr=subprocess.STDOUT,
+                                  text=True, timeout=timeout, check=False)
+        except subprocess.TimeoutExpired:
+            raise LxcError(f"{name}: {what}: did not finish within {timeout:.0f} s: see {log}") from None
+    if proc.returncode != 0:
+        raise LxcError(f"{name}: {what} failed (exit {proc.returncode}): see {log}")
