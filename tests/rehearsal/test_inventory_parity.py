@@ -23,8 +23,9 @@ SIZES = {
 SECRETS = {"moodle_db_password", "moodle_db_ro_password", "moodle_admin_password", "moodle_plugin_secrets"}
 # Facts of this machine, not of the platform: the environment's name, no internet
 # (artifacts from the offline mirror), Debian 12's PHP 8.2 (production's 8.1 comes
-# from a repository not reachable here).
-MACHINE = {"moodleops_env", "moodle_artifact_source", "php_version", "moodle_allow_unsupported_php"}
+# from a repository not reachable here), no NFS in this kernel (moodledata over sshfs).
+MACHINE = {"moodleops_env", "moodle_artifact_source", "php_version", "moodle_allow_unsupported_php",
+           "moodledata_protocol"}
 # Only the rehearsal has them: where its generated key, known_hosts and secrets live
 # (production: the operators' own SSH setup and vault).
 REHEARSAL_ONLY = {
