@@ -20,7 +20,9 @@ SIZES = {
     "php_fpm_max_children", "postgresql_shared_buffers", "postgresql_max_connections",
     "backup_retention", "backup_part_size_mb", "backup_workers",
 }
-SECRETS = {"moodle_db_password", "moodle_db_ro_password", "moodle_admin_password", "moodle_plugin_secrets"}
+SECRETS = {"moodle_db_password", "moodle_db_ro_password", "moodle_admin_password", "moodle_plugin_secrets",
+           # certificates: UT's PKI in production, self-signed in the rehearsal
+           "tls_certificate_path", "tls_certificate_key_path", "tls_certificate_self_signed"}
 # Facts of this machine, not of the platform: the environment's name, no internet
 # (artifacts from the offline mirror), Debian 12's PHP 8.2 (production's 8.1 comes
 # from a repository not reachable here), no NFS in this kernel (moodledata over sshfs).
