@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from moodleops.cli import add_area, add_command
+from moodleops.commands import add_area, add_command
 from moodleops.inventory import Inventory, load_inventory
 from moodleops.rehearsal import lifecycle
 from moodleops.rehearsal.spec import Rehearsal, load_rehearsal
