@@ -472,7 +472,7 @@ MATRIX: tuple[Row, ...] = (
     Row(("backup", "run"), "fs_full", "filesystem", FS),
     Row(("backup", "run"), "fs_readonly", "filesystem", FS),
     Row(("backup", "run"), "fs_denied", "filesystem", FS),
-    Row(("incident", "suspend", "--school", "{school}", *WHY, "--apply"), "fs_readonly", "filesystem", FS),
+    Row(("capacity", "record", "--out", "{state}/history.csv"), "fs_denied", "filesystem", FS),
 )
 
 
