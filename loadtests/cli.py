@@ -40,7 +40,8 @@ RUN_EXIT_STATUS = {
     EXIT_INCONCLUSIVE: "INCONCLUSIVE: no SLO violated, but a page type of the shape ran fewer than "
                        "run.min_requests_per_page times after warm-up (listed); run longer or with more users",
     EXIT_RUN_FAILED: "the load test itself failed (Locust's exit status, no statistics, a worker host "
-                     "unreachable over SSH)",
+                     "unreachable over SSH), or Moodle over HTTP refused, answered 5xx or is in maintenance "
+                     "before it started (one line on stderr, nothing run)",
 }
 
 
