@@ -72,8 +72,9 @@ exit status:
   0  every school is under its threshold and the scan found nothing wrong
   1  a school is over its threshold, a school's category is missing or moved
      under another category, the filedir walk hit unreadable entries or a
-     filesystem call hung, or the database could not be read
+     filesystem call hung
   2  usage error (e.g. an unknown school code), or the inventory is invalid
+  4  the database could not be read (down, password, grant, statement timeout)
 
 examples:
   moodleops storage report
@@ -185,6 +186,8 @@ def run_report(args: argparse.Namespace) -> int:
               file=sys.stderr)
         result = run_scan(cfg, ScanEvents(on_db=_said_db, on_progress=_Progress()))
     except ScanError as exc:
+        if exc.__cause__ is not None:
+            raise   # the database's fault: one line and status 4 from the top-level command
         return _error(str(exc), 1)
     for w in result.warnings:
         print(f"warning: {w}", file=sys.stderr)

@@ -13,6 +13,7 @@ from moodleops.exporters.storage_model import (
     StoragePaths,
 )
 
+from moodleops.errors import UsageError
 from moodleops.inventory import Inventory
 from moodleops.moodle import MoodleCLI, MoodleError
 from moodleops.site import Site
@@ -79,5 +80,15 @@ def config_from_inventory(inv: Inventory, site: Site, *, paths: StoragePaths | N
         paths, notes = moodle_paths(site)
     cfg = ScanConfig(db=db or ro_target(site), schools=tuple(schools or schools_of(inv)), paths=paths,
                      pool_bytes=inv.platform.pool_bytes, accounts=account_policy(inv),
-                     walk_filedir=walk_filedir)
+                     walk_filedir=walk_filedir,
+                     statement_timeout_s=statement_timeout_s(inv))
     return cfg, notes
+
+
+def statement_timeout_s(inv: Inventory) -> float:
+    """storage_statement_timeout_s of group_vars (default 600): the longest statement a scan may run."""
+    value = inv.vars.get("storage_statement_timeout_s", 600.0)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise UsageError(f"{inv.env_dir / 'group_vars' / 'all.yml'}: storage_statement_timeout_s: {value!r} is "
+                         "not valid (a number of seconds > 0)")
+    return float(value)

@@ -21,8 +21,9 @@ from moodleops.loadtests.runner import (
 from moodleops.loadtests.ssh import SshOptions, WorkerHostError
 
 from moodleops.commands import add_area, add_command
+from moodleops.faults import moodle_http_preflight
 from moodleops.inventory import load_inventory
-from moodleops.moodle import MoodleCLI, MoodleError
+from moodleops.moodle import MoodleCLI
 from moodleops.site import site_of
 
 # Exit statuses of `moodleops loadtest run` (one table, for the CLI's central one).
@@ -39,7 +40,8 @@ RUN_EXIT_STATUS = {
     EXIT_INCONCLUSIVE: "INCONCLUSIVE: no SLO violated, but a page type of the shape ran fewer than "
                        "run.min_requests_per_page times after warm-up (listed); run longer or with more users",
     EXIT_RUN_FAILED: "the load test itself failed (Locust's exit status, no statistics, a worker host "
-                     "unreachable over SSH)",
+                     "unreachable over SSH), or Moodle over HTTP refused, answered 5xx or is in maintenance "
+                     "before it started (one line on stderr, nothing run)",
 }
 
 
@@ -126,8 +128,8 @@ If anything fails, what was created is removed again.""",
                        epilog="""\
 exit status:
   0  prepared
-  1  Moodle refused (message on stderr)
   2  bad option, invalid inventory, or an inventory that is not loopback-only
+  4  Moodle (its PHP CLI) failed: one line on stderr
 
 examples:
   moodleops loadtest prepare --prefix lt2025a --students 150 --trainers 10""")
@@ -167,8 +169,8 @@ carrying the fixture's marker are touched.""",
                         epilog="""\
 exit status:
   0  listed (dry run) or removed
-  1  Moodle refused
   2  bad option, or an inventory that is not loopback-only
+  4  Moodle (its PHP CLI) failed: one line on stderr
 
 examples:
   moodleops loadtest cleanup --prefix lt2025a
@@ -283,9 +285,6 @@ def run_prepare(args: argparse.Namespace) -> int:
                          schools=schools, courses=args.courses, sizes=model.submission_sizes)
     except fx.LoadtestError as exc:
         return _fail(str(exc))
-    except MoodleError as exc:
-        print(f"moodleops: error: {' '.join(str(exc).split())[:400]}", file=sys.stderr)
-        return 1
     print(f"prepared {prefix}: course {rec['course_id']}, quiz cm {rec['quiz_cmid']}, "
           f"assignment cm {rec['assign_cmid']}, forum cm {rec['forum_cmid']}")
     return 0
@@ -309,9 +308,6 @@ def run_cleanup(args: argparse.Namespace) -> int:
                          directory=_fixture_dir(args, site.state_dir))
     except fx.LoadtestError as exc:
         return _fail(str(exc))
-    except MoodleError as exc:
-        print(f"moodleops: error: {' '.join(str(exc).split())[:400]}", file=sys.stderr)
-        return 1
     verb = "removed" if args.yes else "would remove (dry run; --yes to apply)"
     print(f"{verb}: {len(res['courses'])} course(s) {', '.join(res['courses'])}, {res['users']} user(s), "
           f"category {res['category']}")
@@ -329,6 +325,7 @@ def run_run(args: argparse.Namespace) -> int:
         if not 0 <= args.start_hour < 24:
             return _fail(f"--start-hour: {args.start_hour:g} is not valid (0 to 24)")
         fixture = fx.load_fixture(_fixture_dir(args, site.state_dir), args.prefix)
+        moodle_http_preflight(target)  # refused, 5xx or maintenance: one line, no Locust started
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         results = args.results or Path("loadtest-results") / f"{args.shape}-{stamp}"
         req = RunRequest(shape=args.shape, users=args.users, duration_s=args.duration, workers=args.workers,

@@ -29,6 +29,7 @@ from moodleops.backup.config import BackupConfig
 from moodleops.backup.multipart import upload_file
 from moodleops.backup.progress import human_bytes, human_seconds
 from moodleops.backup.s3 import BackupError, ensure_bucket
+from moodleops.errors import BusyError
 from moodleops.inventory import Inventory
 from moodleops.moodle import MoodleCLI
 from moodleops.site import Site
@@ -47,7 +48,7 @@ def backup_lock(site: Site) -> Iterator[None]:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
-            raise BackupError(f"another backup, prune or restore holds {work_dir(site) / 'lock'}") from exc
+            raise BusyError(f"another backup, prune or restore holds {work_dir(site) / 'lock'}") from exc
         try:
             yield
         finally:
@@ -131,6 +132,7 @@ def run_backup(s3: Any, cfg: BackupConfig, inv: Inventory, site: Site, *, fresh:
     dump_key = cfg.key("db", f"{bid}.dump")
     up = upload_file(s3, cfg, Path(state["dump"]), dump_key, rd / "dump-upload.json",
                      progress_label="database dump", on_part=on_dump_part, metadata={"backup-id": bid})
+    _mark(run_file, state, "dump_uploaded")
 
     filedir = site.dataroot / "filedir"
     local = scan_filedir(filedir)
@@ -141,6 +143,7 @@ def run_backup(s3: Any, cfg: BackupConfig, inv: Inventory, site: Site, *, fresh:
         blobs_trash = upload_missing(s3, cfg, site.dataroot / "trashdir", trash, bucket_blobs(s3, cfg))
         blobs.uploaded += blobs_trash.uploaded
         blobs.uploaded_bytes += blobs_trash.uploaded_bytes
+    _mark(run_file, state, "blobs_uploaded")
     needed = {h: s for h, s in {**trash, **local}.items() if h not in blobs.vanished and h not in blobs.corrupt}
 
     tar_path = rd / "moodledata.tar.gz"
@@ -169,6 +172,12 @@ def run_backup(s3: Any, cfg: BackupConfig, inv: Inventory, site: Site, *, fresh:
     shutil.rmtree(rd, ignore_errors=True)
     return RunReport(id=bid, manifest_key=key, resumed=resumed, db_bytes=up.size, db_parts_resumed=up.parts_resumed,
                      tar_bytes=tar_up.size, blobs=blobs, seconds=time.monotonic() - started)
+
+
+def _mark(run_file: Path, state: dict[str, Any], step: str) -> None:
+    # What an interrupted run had finished, for its one-line report (`backup run` resumes anyway).
+    state[step] = True
+    run_file.write_text(json.dumps(state))
 
 
 def _scan_trash(trashdir: Path) -> dict[str, int]:

@@ -12,6 +12,7 @@ from datetime import date
 from pathlib import Path
 
 from moodleops.commands import add_area, add_command
+from moodleops.faults import translate
 from moodleops.incident.csvinput import parse_renewals_option, parse_user_list, read_user_csv
 from moodleops.incident.errors import IncidentError, IncidentIncomplete, JournalError, LockBusy
 from moodleops.incident.journal import DEFAULT_COPY_DIR, verify_file
@@ -92,7 +93,7 @@ def _guarded(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Name
             print(f"moodleops: error: {exc}", file=sys.stderr)
             return 3
         except MoodleError as exc:
-            print(f"moodleops: error: Moodle failed: {' '.join(str(exc).split())}", file=sys.stderr)
+            print(f"moodleops: error: {exc.line()}", file=sys.stderr)   # names the PHP CLI (moodleops.errors)
             return 4
         except IncidentIncomplete as exc:
             print(f"moodleops: error: {exc}", file=sys.stderr)
@@ -103,6 +104,10 @@ def _guarded(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Name
         except (InventoryError, KeyboardInterrupt, BrokenPipeError):
             raise
         except Exception as exc:  # noqa: BLE001 -- a bug: never mistaken for "drift" (1)
+            fault = translate(exc)   # a dependency's fault (disk, database...), not a bug: the table's status
+            if fault is not None:
+                print(f"moodleops: error: {fault.line()}", file=sys.stderr)
+                return int(fault.status)
             where = traceback.extract_tb(exc.__traceback__)[-1]
             print(f"moodleops: internal error: {type(exc).__name__}: {' '.join(str(exc).split())} "
                   f"(at {Path(where.filename).name}:{where.lineno}); the journal says what was applied: "
