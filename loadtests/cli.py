@@ -30,7 +30,7 @@ from moodleops.site import site_of
 EXIT_PASS = 0            # every SLO held and every page type ran enough
 EXIT_SLO_FAILED = 1      # an SLO was violated
 EXIT_USAGE = 2           # bad option, refused target/inventory, no or too small a fixture
-EXIT_INCONCLUSIVE = 3    # nothing violated, but a page type the shape plays ran too rarely to judge
+EXIT_INCONCLUSIVE = 8    # nothing violated, but a page type the shape plays ran too rarely to judge
 EXIT_RUN_FAILED = 4      # Locust itself failed (exit status, no statistics, timeout), SSH to a worker host failed
 RUN_EXIT_STATUS = {
     EXIT_PASS: "the run held every SLO (peak-window p95 per page type, error rate) with every page type judged",

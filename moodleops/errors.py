@@ -22,6 +22,8 @@ class ExitStatus(IntEnum):
     DEPENDENCY = 4
     FILESYSTEM = 5
     FAILED = 6
+    INCOMPLETE = 7
+    INCONCLUSIVE = 8
     BUG = 70
     INTERRUPTED = 130
 
@@ -36,7 +38,11 @@ EXIT_TABLE: tuple[tuple[ExitStatus, str], ...] = (
                              "S3, Prometheus, Alertmanager, SMTP or SSH")),
     (ExitStatus.FILESYSTEM, "a local filesystem refused: full, read-only or permission denied"),
     (ExitStatus.FAILED, ("the operation stopped on one of its own checks (a corrupt object, a failed "
-                         "step, a rollback)")),
+                         "step, a rollback, a damaged journal)")),
+    (ExitStatus.INCOMPLETE, ("an earlier run was interrupted and is incomplete: nothing changed; "
+                             "recover it first (e.g. `moodleops incident recover`)")),
+    (ExitStatus.INCONCLUSIVE, ("a measurement could not judge (e.g. a load run in which a page type ran "
+                               "too rarely): nothing violated, nothing proven")),
     (ExitStatus.BUG, "unexpected error in moodleops itself (run again with --debug for the traceback)"),
     (ExitStatus.INTERRUPTED, "interrupted (Ctrl-C, SIGINT): a re-run resumes or says what is left"),
 )

@@ -12,6 +12,7 @@ from datetime import date
 from pathlib import Path
 
 from moodleops.commands import add_area, add_command
+from moodleops.errors import ExitStatus
 from moodleops.faults import translate
 from moodleops.incident.csvinput import parse_renewals_option, parse_user_list, read_user_csv
 from moodleops.incident.errors import IncidentError, IncidentIncomplete, JournalError, LockBusy
@@ -31,9 +32,9 @@ exit status:
      the message says who holds it, since when, doing what
   4  Moodle (the PHP helper or its database) failed: see the message; the journal says
      what was applied (`moodleops incident recover` if an incident was left incomplete)
-  5  an earlier incident is incomplete (interrupted): nothing changed; run
-     `moodleops incident recover`
   6  the journal is damaged (`moodleops incident verify` says where)
+  7  an earlier incident is incomplete (interrupted): nothing changed; run
+     `moodleops incident recover`
   70 internal error of moodleops (a bug): one line on stderr; the journal says what was
      applied
 """
@@ -97,7 +98,7 @@ def _guarded(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Name
             return 4
         except IncidentIncomplete as exc:
             print(f"moodleops: error: {exc}", file=sys.stderr)
-            return 5
+            return int(ExitStatus.INCOMPLETE)
         except JournalError as exc:
             print(f"moodleops: error: {exc}", file=sys.stderr)
             return 6
