@@ -26,6 +26,7 @@ AREAS: dict[str, str] = {
     "capacity": "moodleops.capacity.cli",
     "incident": "moodleops.incident.cli",
     "storage": "moodleops.exporters.storage_cli",
+    "watch": "moodleops.exporters.watch_cli",
     "backup": "moodleops.backup.cli",
     "rehearsal": "moodleops.rehearsal.cli",
 }

@@ -53,6 +53,19 @@ class AccountRules:
 
 
 @dataclass(frozen=True)
+class WatchRules:
+    """platform.yml `watch`: thresholds of the health and abuse exporter and its alerts."""
+
+    mass_mailing_per_hour: int
+    failed_logins_burst_10m: int
+    cron_stuck_seconds: int
+    pin_grace_days: int
+    top_senders: int
+    online_window_seconds: int
+    watched_roles: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Platform:
     agreement_start: date
     agreement_end: date
@@ -67,6 +80,7 @@ class Platform:
     membership_method: str        # cohort | profile_field | category_enrolments
     membership_profile_field: str
     population_as_of: date
+    watch: WatchRules
 
 
 @dataclass(frozen=True)
