@@ -133,13 +133,13 @@ def health() -> gd.Dashboard:
                         [("sum(moodle_adhoc_tasks_queued)", "queued"),
                          ("sum(moodle_adhoc_tasks_failing)", "failing"),
                          ("max(moodle_adhoc_task_oldest_age_seconds) / 60", "oldest (min)")], "short"))
-    d.with_panel(_panel(_table(), 7, "Failing scheduled tasks (fail delay)", (0, 15, 12, 8),
-                        [("moodle_scheduled_task_fail_delay_seconds", "{{task}}"),
+    d.with_panel(_panel(_table(), 7, "Scheduled tasks with the longest fail delay (0: fine)", (0, 15, 12, 8),
+                        [("topk(10, moodle_scheduled_task_fail_delay_seconds)", "{{task}}"),
                          ("moodle_scheduled_tasks_failing", "failing tasks")], "s"))
     d.with_panel(_panel(_table(), 8, "Versions served vs moodle.yml pins", (12, 15, 12, 8),
                         [("moodle_version_served", "served {{component}}"),
                          ("moodle_version_pinned", "pinned {{component}}"),
-                         ("moodle_pin_not_applied == 1", "behind {{component}}")], "none"))
+                         ("moodle_pin_not_applied", "not applied {{component}}")], "none"))
     d.with_panel(_panel(_series(), 9, "php-fpm processes and queue", (0, 23, 12, 8),
                         [("phpfpm_active_processes", "active"), ("phpfpm_idle_processes", "idle"),
                          ("phpfpm_listen_queue", "listen queue"),

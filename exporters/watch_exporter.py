@@ -251,9 +251,10 @@ def _health(r: WatchResult, now: float) -> Iterator[Metric]:
         yield _g("moodle_cron_lag_seconds", "Seconds since Moodle's cron last started",
                  max(0.0, now - r.cron_last_start))
     yield _labelled("moodle_scheduled_task_fail_delay_seconds",
-                    "Fail delay of a failing scheduled task (0 when it runs fine; only failing tasks listed)",
-                    ["task"], iter([([t.task], float(t.fail_delay_s)) for t in r.failing_tasks]))
-    yield _g("moodle_scheduled_tasks_failing", "Scheduled tasks whose last run failed", len(r.failing_tasks))
+                    "Fail delay of an enabled scheduled task (0 when its last run succeeded)",
+                    ["task"], iter([([t.task], float(t.fail_delay_s)) for t in r.tasks]))
+    yield _g("moodle_scheduled_tasks_failing", "Scheduled tasks whose last run failed",
+             sum(1 for t in r.tasks if t.fail_delay_s > 0))
     yield _g("moodle_adhoc_tasks_queued", "Ad-hoc tasks waiting in the queue", r.adhoc_queued)
     yield _g("moodle_adhoc_tasks_failing", "Queued ad-hoc tasks that failed at least once", r.adhoc_failing)
     yield _g("moodle_adhoc_task_oldest_age_seconds", "Age of the oldest queued ad-hoc task (0: queue empty)",

@@ -64,6 +64,10 @@ def _users(args: argparse.Namespace) -> tuple[str, ...]:
         names += parse_user_list(args.users)
     if args.users_csv is not None:
         names += read_user_csv(args.users_csv)
+    if args.users_from_alert:
+        from moodleops.incident.alert_scope import alertmanager_url, users_of_alert
+        url = args.alertmanager or alertmanager_url(load_inventory(args.inventory))
+        names += users_of_alert(url, args.users_from_alert)
     return tuple(dict.fromkeys(names))
 
 
@@ -268,6 +272,10 @@ def _common(p: argparse.ArgumentParser, *, applies: bool = True) -> None:
 def _users_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--users", metavar="A,B", help="usernames, comma-separated")
     p.add_argument("--users-csv", metavar="FILE", type=Path, help="CSV file with a username column")
+    p.add_argument("--users-from-alert", metavar="ALERTNAME",
+                   help="the users (username label) of that alert, active in Alertmanager")
+    p.add_argument("--alertmanager", metavar="URL", help="Alertmanager for --users-from-alert "
+                   "(default: the monitoring role's)")
 
 
 def _why_options(p: argparse.ArgumentParser, *, required: bool = True) -> None:
