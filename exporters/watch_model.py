@@ -41,7 +41,7 @@ class WatchConfig:
 
 
 @dataclass(frozen=True)
-class FailingTask:
+class TaskDelay:
     task: str               # scheduled task class name
     fail_delay_s: int
 
@@ -58,7 +58,7 @@ class WatchResult:
     read_at: float
     duration_s: float = 0.0
     cron_last_start: float | None = None
-    tasks: list[FailingTask] = field(default_factory=list)            # every enabled scheduled task
+    tasks: list[TaskDelay] = field(default_factory=list)            # every enabled scheduled task
     adhoc_queued: int = 0
     adhoc_failing: int = 0
     adhoc_oldest_created: float | None = None

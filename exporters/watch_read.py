@@ -21,8 +21,8 @@ from moodleops.exporters.watch_model import (
     NO_SCHOOL,
     PLATFORM,
     UNKNOWN_USER,
-    FailingTask,
     Sender,
+    TaskDelay,
     WatchConfig,
     WatchResult,
 )
@@ -136,7 +136,7 @@ def _health(cfg: WatchConfig, cur: psycopg.Cursor[Any], now: float, r: WatchResu
     r.cron_last_start = float(last) if last else None
     # Every enabled task, 0 when it runs fine: a bounded set (Moodle's task classes).
     cur.execute(f"SELECT classname, faildelay FROM {p}task_scheduled WHERE disabled = 0 ORDER BY classname")
-    r.tasks = [FailingTask(task=str(c).lstrip("\\"), fail_delay_s=int(d)) for c, d in cur.fetchall()]
+    r.tasks = [TaskDelay(task=str(c).lstrip("\\"), fail_delay_s=int(d)) for c, d in cur.fetchall()]
     cur.execute(f"SELECT COUNT(*), COUNT(*) FILTER (WHERE faildelay > 0), MIN(timecreated) FROM {p}task_adhoc")
     queued, failing, oldest = cur.fetchone() or (0, 0, None)
     r.adhoc_queued, r.adhoc_failing = int(queued), int(failing)
