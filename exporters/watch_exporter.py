@@ -1,14 +1,19 @@
 """The Moodle health and abuse exporter: a background thread reads Moodle's
 tables on its own schedule, a Prometheus collector serves the last read.
 
-Same conventions as the storage exporter: a scrape only formats what is in
+Same conventions as the storage exporter: a scrape only serves what is in
 memory; a failed read keeps the last good values, marked stale. The reads are
 SQL aggregates (the work is in PostgreSQL, which releases the GIL while this
-process waits), so they run in a thread, not a child process."""
+process waits), so they run in a thread, not a child process. Each read's
+figures are rendered to the exposition format once, by the reading thread; a
+scrape adds only the few time-dependent samples (cron lag, ages, staleness) to
+those bytes, so it costs well under a millisecond of this process's CPU
+(bench/watch_scrape.py)."""
 
 from __future__ import annotations
 
 import dataclasses
+import http.server
 import json
 import logging
 import os
@@ -21,7 +26,7 @@ from pathlib import Path
 
 from moodleops.exporters.watch_model import WatchConfig, WatchResult
 from moodleops.exporters.watch_read import WatchError, read
-from prometheus_client import start_http_server
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
@@ -94,6 +99,7 @@ class PinTracker:
 class WatchState:
     result: WatchResult | None = None
     pins_behind: dict[str, float] = dataclasses.field(default_factory=dict)
+    rendered: bytes = b""                 # the read's time-independent metrics, exposition format
     last_attempt: float = 0.0
     last_success: float = 0.0
     last_error: str = ""
@@ -129,9 +135,10 @@ class WatchExporter:
             except Exception as exc:   # a bug must not kill the thread: report it and keep serving
                 log.exception("watch read crashed")
                 return self._failed(started, f"{type(exc).__name__}: {exc}")
+            rendered = _render(_StaticCollector(self, result, behind))
             with self._lock:
                 s = self._state
-                s.result, s.pins_behind = result, behind
+                s.result, s.pins_behind, s.rendered = result, behind, rendered
                 s.last_attempt, s.last_success, s.ok, s.last_error = started, time.time(), True, ""
                 s.reads += 1
             for w in result.warnings:
@@ -172,12 +179,43 @@ class WatchExporter:
         return s.result is None or not s.ok or now - s.last_success > 2 * self.interval_s + 60
 
     def collector(self) -> Collector:
+        """Everything, formatted now (tests, other registries); serving uses exposition()."""
         return _Collector(self)
 
-    def serve(self, host: str, port: int) -> tuple[object, threading.Thread]:
-        registry = CollectorRegistry(auto_describe=False)
-        registry.register(self.collector())
-        return start_http_server(port, addr=host, registry=registry)
+    def exposition(self) -> bytes:
+        """What a scrape returns: the last read's rendered bytes plus the time-dependent samples."""
+        st = self.state()
+        return _render(_DynamicCollector(self, st, time.time())) + st.rendered
+
+    def serve(self, host: str, port: int) -> tuple[http.server.ThreadingHTTPServer, threading.Thread]:
+        exporter = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path.split("?", 1)[0] not in ("/metrics", "/"):
+                    self.send_error(404)
+                    return
+                body = exporter.exposition()
+                self.send_response(200)
+                self.send_header("Content-Type", CONTENT_TYPE_LATEST)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        server = http.server.ThreadingHTTPServer((host, port), Handler)
+        server.daemon_threads = True
+        thread = threading.Thread(target=server.serve_forever, name="moodle-watch-http", daemon=True)
+        thread.start()
+        return server, thread
+
+
+def _render(collector: Collector) -> bytes:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    return generate_latest(registry)
 
 
 def _g(name: str, doc: str, value: float) -> GaugeMetricFamily:
@@ -201,14 +239,41 @@ class _Collector(Collector):
     def collect(self) -> Iterator[Metric]:
         ex = self.exporter
         st = ex.state()
-        now = time.time()
-        yield from _own_health(ex, st, now)
-        yield from _thresholds(ex)
+        yield from _DynamicCollector(ex, st, time.time()).collect()
         if st.result is not None:
-            yield from _health(st.result, now)
-            yield from _versions(ex, st)
-            yield from _abuse(st.result)
-            yield from _fpm(st.result)
+            yield from _StaticCollector(ex, st.result, st.pins_behind).collect()
+
+
+class _StaticCollector(Collector):
+    """What one read says, independent of the time of the scrape: rendered once per read."""
+
+    def __init__(self, exporter: WatchExporter, result: WatchResult, behind: dict[str, float]) -> None:
+        self.exporter, self.result, self.behind = exporter, result, behind
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        yield from _thresholds(self.exporter)
+        yield from _health(self.result)
+        yield from _versions(self.exporter, self.result, self.behind)
+        yield from _abuse(self.result)
+        yield from _fpm(self.result)
+
+
+class _DynamicCollector(Collector):
+    """The samples that depend on the scrape's time: the exporter's own health, lags and ages."""
+
+    def __init__(self, exporter: WatchExporter, st: WatchState, now: float) -> None:
+        self.exporter, self.st, self.now = exporter, st, now
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        yield from _own_health(self.exporter, self.st, self.now)
+        if self.st.result is not None:
+            yield from _ages(self.st.result, self.now)
 
 
 def _own_health(ex: WatchExporter, st: WatchState, now: float) -> Iterator[Metric]:
@@ -242,14 +307,20 @@ def _thresholds(ex: WatchExporter) -> Iterator[Metric]:
              t.pin_grace_days * 86400)
 
 
-def _health(r: WatchResult, now: float) -> Iterator[Metric]:
+def _ages(r: WatchResult, now: float) -> Iterator[Metric]:
+    # From the cached timestamps at scrape time: a stopped cron's lag keeps growing
+    # even between two reads.
+    if r.cron_last_start is not None:
+        yield _g("moodle_cron_lag_seconds", "Seconds since Moodle's cron last started",
+                 max(0.0, now - r.cron_last_start))
+    yield _g("moodle_adhoc_task_oldest_age_seconds", "Age of the oldest queued ad-hoc task (0: queue empty)",
+             max(0.0, now - r.adhoc_oldest_created) if r.adhoc_oldest_created else 0.0)
+
+
+def _health(r: WatchResult) -> Iterator[Metric]:
     if r.cron_last_start is not None:
         yield _g("moodle_cron_last_start_timestamp_seconds", "Unix time Moodle's cron last started",
                  r.cron_last_start)
-        # From the cached timestamp at scrape time: a stopped cron's lag keeps growing
-        # even between two reads.
-        yield _g("moodle_cron_lag_seconds", "Seconds since Moodle's cron last started",
-                 max(0.0, now - r.cron_last_start))
     yield _labelled("moodle_scheduled_task_fail_delay_seconds",
                     "Fail delay of an enabled scheduled task (0 when its last run succeeded)",
                     ["task"], iter([([t.task], float(t.fail_delay_s)) for t in r.tasks]))
@@ -257,8 +328,6 @@ def _health(r: WatchResult, now: float) -> Iterator[Metric]:
              sum(1 for t in r.tasks if t.fail_delay_s > 0))
     yield _g("moodle_adhoc_tasks_queued", "Ad-hoc tasks waiting in the queue", r.adhoc_queued)
     yield _g("moodle_adhoc_tasks_failing", "Queued ad-hoc tasks that failed at least once", r.adhoc_failing)
-    yield _g("moodle_adhoc_task_oldest_age_seconds", "Age of the oldest queued ad-hoc task (0: queue empty)",
-             max(0.0, now - r.adhoc_oldest_created) if r.adhoc_oldest_created else 0.0)
     yield _g("moodle_sessions_active", "Moodle sessions active within the session timeout", r.sessions_active)
     yield _labelled("moodle_users_online", "Users of the school whose last access is within the online window",
                     ["school"], iter([([k], float(v)) for k, v in sorted(r.online.items())]))
@@ -267,9 +336,7 @@ def _health(r: WatchResult, now: float) -> Iterator[Metric]:
                     iter([(["web"], float(r.maintenance_web)), (["cli"], float(r.maintenance_cli))]))
 
 
-def _versions(ex: WatchExporter, st: WatchState) -> Iterator[Metric]:
-    r = st.result
-    assert r is not None
+def _versions(ex: WatchExporter, r: WatchResult, pins_behind: dict[str, float]) -> Iterator[Metric]:
     served = GaugeMetricFamily("moodle_version_served", "Version number Moodle reports for the component",
                                labels=["component"])
     pinned = GaugeMetricFamily("moodle_version_pinned", "Version pinned in moodle.yml for the component",
@@ -286,9 +353,9 @@ def _versions(ex: WatchExporter, st: WatchState) -> Iterator[Metric]:
             served.add_metric([pin.component], float(got))
         if want is not None:
             pinned.add_metric([pin.component], float(want))
-        behind.add_metric([pin.component], 1.0 if pin.component in st.pins_behind else 0.0)
-        if pin.component in st.pins_behind:
-            since.add_metric([pin.component], st.pins_behind[pin.component])
+        behind.add_metric([pin.component], 1.0 if pin.component in pins_behind else 0.0)
+        if pin.component in pins_behind:
+            since.add_metric([pin.component], pins_behind[pin.component])
     yield from (served, pinned, behind, since)
 
 
