@@ -240,3 +240,13 @@ def test_an_unreachable_alertmanager_is_one_clear_line(tmp_path: Path) -> None:
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "Alertmanager" in lines[0] and f"127.0.0.1:{port}" in lines[0], out.stderr
     assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize(("argv", "says"), [(["--listen", "nowhere"], "--listen 'nowhere' is not valid"),
+                                            (["--interval", "1"], "--interval 1.0 is not valid")])
+def test_watch_serve_bad_input_is_one_line_and_status_2(argv: list[str], says: str) -> None:
+    out = subprocess.run([sys.executable, "-m", "moodleops.cli", "watch", "serve", *argv], capture_output=True,
+                         text=True, timeout=60, check=False, cwd=REPO_ROOT)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert out.stderr.strip().splitlines() == [f"moodleops: error: {out.stderr.strip().split(': error: ')[1]}"]
+    assert says in out.stderr and "Traceback" not in out.stderr
