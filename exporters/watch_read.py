@@ -228,8 +228,10 @@ def _admins(cfg: WatchConfig, cur: psycopg.Cursor[Any], now: float, r: WatchResu
     p = cfg.db.prefix
     current = _ids(_config(cur, p, "siteadmins"))
     r.site_admins = len(current)
-    # Moodle logs every change of $CFG->siteadmins in config_log, old and new lists.
-    cur.execute(f"SELECT value, oldvalue FROM {p}config_log WHERE name = 'siteadmins' AND plugin IS NULL "
+    # admin/roles/admins.php logs every change of $CFG->siteadmins in config_log (old and
+    # new lists). A change that bypasses it still shows in moodle_site_admins.
+    cur.execute(f"SELECT value, oldvalue FROM {p}config_log WHERE name = 'siteadmins' "
+                "AND (plugin IS NULL OR plugin = 'core') "
                 "AND timemodified >= %s ORDER BY id", (int(now) - NEW_ROLES_WINDOW_S,))
     added: set[int] = set()
     for value, old in cur.fetchall():

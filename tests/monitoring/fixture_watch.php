@@ -3,6 +3,9 @@
 //   build:   a cohort standing for the test's own school, and its users
 //   send:    N messages from one user to another with Moodle's messaging API
 //            (message_send), as a mass-mailing trainer would
+//   admin:   add (or remove) a user to the site administrators the way
+//            admin/roles/admins.php does (set_config + add_to_config_log)
+//   manager: assign (or unassign) the manager role in the system context
 //   cleanup: the users and the cohort of this run
 //   php fixture_watch.php /srv/moodle/current/config.php < payload.json
 // Prints one line "MOODLEOPS-JSON: {...}".
@@ -24,6 +27,12 @@ function done(array $out): void {
 if ($in['action'] === 'cleanup') {
     foreach ($in['users'] as $username) {
         if ($user = $DB->get_record('user', ['username' => $username, 'deleted' => 0])) {
+            $admins = array_filter(explode(',', $CFG->siteadmins));
+            if (in_array($user->id, $admins)) {
+                $kept = array_diff($admins, [$user->id]);
+                set_config('siteadmins', implode(',', $kept));
+                add_to_config_log('siteadmins', implode(', ', $admins), implode(', ', $kept), 'core');
+            }
             delete_user($user);
         }
     }
@@ -45,6 +54,27 @@ if ($in['action'] === 'build') {
         $ids[$u['username']] = (int)$id;
     }
     done(['cohortid' => (int)$cohortid, 'users' => $ids]);
+}
+
+if ($in['action'] === 'admin') {
+    $user = $DB->get_record('user', ['username' => $in['username'], 'deleted' => 0], '*', MUST_EXIST);
+    $old = array_filter(explode(',', $CFG->siteadmins));
+    $new = $in['add'] ? array_unique(array_merge($old, [$user->id])) : array_diff($old, [$user->id]);
+    set_config('siteadmins', implode(',', $new));
+    add_to_config_log('siteadmins', implode(', ', $old), implode(', ', $new), 'core');
+    done(['siteadmins' => array_values(array_map('intval', $new))]);
+}
+
+if ($in['action'] === 'manager') {
+    $user = $DB->get_record('user', ['username' => $in['username'], 'deleted' => 0], '*', MUST_EXIST);
+    $role = $DB->get_record('role', ['shortname' => 'manager'], '*', MUST_EXIST);
+    $ctx = context_system::instance();
+    if ($in['add']) {
+        role_assign($role->id, $user->id, $ctx->id);
+    } else {
+        role_unassign($role->id, $user->id, $ctx->id);
+    }
+    done(['ok' => true]);
 }
 
 if ($in['action'] === 'send') {

@@ -204,6 +204,30 @@ def test_mass_mailing_through_moodle_matches_the_alert_and_scopes_the_runbook(
     assert "dry run" in (out.stdout + out.stderr).lower(), out.stdout
 
 
+def test_a_new_site_admin_and_a_new_manager_show(world: WatchWorld, moodle: MoodleCLI,
+                                                exporter: tuple[WatchExporter, str]) -> None:
+    ex, _ = exporter
+    assert ex.read_once()
+    before = ex.state().result
+    assert before is not None and world.recipient not in before.new_site_admins
+    managers = before.new_roles.get(("manager", "platform"), 0)
+    try:
+        moodle.tool(str(FIXTURE), timeout=120, payload={"action": "admin", "username": world.recipient, "add": True})
+        moodle.tool(str(FIXTURE), timeout=120, payload={"action": "manager", "username": world.victim, "add": True})
+        assert ex.read_once()
+        after = ex.state().result
+        assert after is not None
+        assert world.recipient in after.new_site_admins, (after.new_site_admins, after.site_admins, before.site_admins)
+        assert after.site_admins == before.site_admins + 1, (after.site_admins, before.site_admins)
+        assert after.new_roles[("manager", "platform")] == managers + 1
+        assert f'moodle_new_site_admin{{username="{world.recipient}"}} 1.0' in ex.exposition().decode()
+    finally:
+        moodle.tool(str(FIXTURE), timeout=120, payload={"action": "admin", "username": world.recipient, "add": False})
+        moodle.tool(str(FIXTURE), timeout=120, payload={"action": "manager", "username": world.victim, "add": False})
+    assert ex.read_once()
+    assert world.recipient not in ex.state().result.new_site_admins   # type: ignore[union-attr]
+
+
 def _failed_login(session: requests.Session, base: str, username: str) -> None:
     page = session.get(f"{base}/login/index.php", timeout=30)
     token = re.search(r'name="logintoken" value="([^"]+)"', page.text)
