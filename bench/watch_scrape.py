@@ -51,7 +51,7 @@ def main() -> int:
     ap.add_argument("--scrapes", type=int, default=1000)
     args = ap.parse_args()
     inv = load_inventory("local")
-    ex = WatchExporter(watch_config(inv, site_of(inv)), thresholds(inv), interval_s=3600)
+    ex = WatchExporter(watch_config(inv, site_of(inv)), thresholds(inv), interval_s=3600)   # php-fpm not read
     if not ex.read_once():
         raise SystemExit(f"watch_scrape: the first read failed: {ex.state().last_error}")
     server, _ = ex.serve("127.0.0.1", 0)

@@ -13,7 +13,7 @@ from moodleops.exporters.storage_cli import parse_listen
 from moodleops.exporters.watch_config import thresholds, watch_config
 from moodleops.exporters.watch_exporter import WatchExporter
 
-from moodleops.cli import add_area, add_command
+from moodleops.commands import add_area, add_command
 from moodleops.inventory import load_inventory
 from moodleops.site import SiteError, site_of
 
@@ -55,7 +55,9 @@ examples:
                        help="time between two reads (default: %(default)s)")
     serve.add_argument("--pin-state", type=Path, metavar="FILE",
                        help="where to keep since when pins are not served (default: not kept)")
-    serve.add_argument("--no-fpm", action="store_true", help="do not read php-fpm's status page")
+    serve.add_argument("--fpm-status-url", default="", metavar="URL",
+                       help="php-fpm's status page to read too, e.g. http://127.0.0.1:8080/fpm-status "
+                            "(default: not read)")
     serve.set_defaults(run=run_serve)
 
 
@@ -73,7 +75,7 @@ def run_serve(args: argparse.Namespace) -> int:
         return _error(f"--interval {args.interval} is not valid (at least 5 seconds)")
     inv = load_inventory(args.inventory)
     try:
-        cfg = watch_config(inv, site_of(inv), read_fpm=not args.no_fpm)
+        cfg = watch_config(inv, site_of(inv), fpm_status_url=args.fpm_status_url)
     except (SiteError, ValueError) as exc:
         return _error(str(exc))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)

@@ -7,22 +7,18 @@ from moodleops.exporters.watch_exporter import Thresholds
 from moodleops.exporters.watch_model import PinSpec, WatchConfig
 
 from moodleops.inventory import Inventory
-from moodleops.site import Site, platform_vars
+from moodleops.site import Site
 
 
-def fpm_status_url(inv: Inventory, site: Site) -> str:
-    """php-fpm's status page as nginx serves it to monitoring hosts."""
-    path = str(platform_vars(inv).get("php_fpm_status_path") or "")
-    return f"{site.wwwroot.rstrip('/')}{path}" if path else ""
-
-
-def watch_config(inv: Inventory, site: Site, *, read_fpm: bool = True) -> WatchConfig:
+def watch_config(inv: Inventory, site: Site, *, fpm_status_url: str = "") -> WatchConfig:
+    """fpm_status_url: php-fpm's status page as nginx serves it to monitoring hosts (the
+    monitoring role passes it: moodle_wwwroot + php_fpm_status_path); empty: not read."""
     w = inv.platform.watch
     return WatchConfig(db=ro_target(site), schools=schools_of(inv), membership=account_policy(inv),
                        pins=(PinSpec("core", inv.core.version_text),
                              *(PinSpec(p.component, p.version_text) for p in inv.plugins)),
                        dataroot=site.dataroot, top_senders=w.top_senders, online_window_s=w.online_window_seconds,
-                       watched_roles=w.watched_roles, fpm_status_url=fpm_status_url(inv, site) if read_fpm else "")
+                       watched_roles=w.watched_roles, fpm_status_url=fpm_status_url)
 
 
 def thresholds(inv: Inventory) -> Thresholds:

@@ -33,8 +33,9 @@ from moodleops.exporters.watch_model import WatchConfig
 from moodleops import REPO_ROOT
 from moodleops.inventory import Inventory
 from moodleops.moodle import MoodleCLI
+from moodleops.platform.ansible_view import role_vars
 from moodleops.platform.monitoring_health import monitoring_settings
-from moodleops.site import Site, platform_vars
+from moodleops.site import Site
 
 pytestmark = pytest.mark.stack
 FIXTURE = Path(__file__).with_name("fixture_watch.php")
@@ -80,7 +81,8 @@ def world(moodle: MoodleCLI) -> Iterator[WatchWorld]:
 
 @pytest.fixture(scope="module")
 def cfg(local_inventory: Inventory, site: Site, world: WatchWorld) -> WatchConfig:
-    base = watch_config(local_inventory, site)
+    fpm = role_vars(local_inventory, "platform_defaults", "web", ("php_fpm_status_path",))["php_fpm_status_path"]
+    base = watch_config(local_inventory, site, fpm_status_url=site.wwwroot + fpm)
     return dataclasses.replace(base, schools=(*base.schools, world.school))
 
 
@@ -256,7 +258,7 @@ def test_failed_logins_over_http_raise_the_schools_series(world: WatchWorld, sit
 def test_a_stopped_cron_shows_as_lag(exporter: tuple[WatchExporter, str], prom: str,
                                      local_inventory: Inventory) -> None:
     ex, _ = exporter
-    interval = int(platform_vars(local_inventory).get("moodle_cron_interval") or 60)
+    interval = int(role_vars(local_inventory, "moodle_cron", "web", ("moodle_cron_interval",))["moodle_cron_interval"])
     status = subprocess.run(["supervisorctl", "status", "moodle-cron"], capture_output=True, text=True, check=False)
     assert "RUNNING" in status.stdout, f"the stack's cron is not running: {status.stdout.strip()}"
     # The stack is shared: stop the supervised cron briefly, always start it again.
