@@ -23,14 +23,15 @@ CONTROLLER_ONLY = {"ansible", "ansible-core", "ansible-lint", "locust", "boto3",
 
 
 def _venv(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(VENV / "bin" / args[0]), *args[1:]], capture_output=True, text=True,
+    # cwd away from any checkout: python -c would import moodleops from the current directory.
+    return subprocess.run([str(VENV / "bin" / args[0]), *args[1:]], capture_output=True, text=True, cwd="/",
                           timeout=120, check=False)
 
 
 def test_the_exporter_venv_holds_the_wheel_and_the_exporter_extra_only(provisioned: PlaybookResult | None) -> None:
     listed = _venv("python", "-m", "pip", "list", "--format=json", "--disable-pip-version-check")
     assert listed.returncode == 0, listed.stderr
-    names = {p["name"].lower() for p in json.loads(listed.stdout)}
+    names = {p["name"].lower().replace("_", "-") for p in json.loads(listed.stdout)}
     assert names & CONTROLLER_ONLY == set()
     assert {"ut-moodle-ops", "psycopg", "prometheus-client", "numpy", "pyyaml"} <= names
     # Installed from the wheel, not editable from a copy of the checkout.
