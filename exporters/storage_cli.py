@@ -21,7 +21,7 @@ from moodleops.exporters.storage_config import ask_paths, config_from_inventory,
 from moodleops.exporters.storage_drilldown import Node, drilldown
 from moodleops.exporters.storage_exporter import PoolPolicy, ScanEvents, StorageExporter, run_scan
 from moodleops.exporters.storage_model import BUCKETS, SCHOOL, ScanResult, StoragePaths
-from moodleops.exporters.storage_scan import ScanError
+from moodleops.exporters.storage_scan import ScanDatabaseError, ScanError
 
 from moodleops.commands import add_area, add_command
 from moodleops.inventory import Inventory, load_inventory
@@ -186,7 +186,7 @@ def run_report(args: argparse.Namespace) -> int:
               file=sys.stderr)
         result = run_scan(cfg, ScanEvents(on_db=_said_db, on_progress=_Progress()))
     except ScanError as exc:
-        if exc.__cause__ is not None:
+        if exc.__cause__ is not None or isinstance(exc, ScanDatabaseError):
             raise   # the database's fault: one line and status 4 from the top-level command
         return _error(str(exc), 1)
     for w in result.warnings:

@@ -40,7 +40,7 @@ from moodleops.exporters.storage_model import (
     ScanResult,
     StoragePaths,
 )
-from moodleops.exporters.storage_scan import DbSnapshot, ScanError, read_database
+from moodleops.exporters.storage_scan import DbSnapshot, ScanDatabaseError, ScanError, read_database
 from prometheus_client import start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
@@ -66,7 +66,7 @@ def _progress_of(p: WalkProgress) -> dict[str, Any]:
 def _scan_child(cfg: ScanConfig, conn: Any) -> None:
     """Child process body. Sends ("db", result) as soon as the transaction is closed,
     ("progress", {...}) every second of the disk part, then ("disk", figures); or
-    ("stuck", message, progress), ("error", message), ("crash", traceback)."""
+    ("stuck", message, progress), ("error", message, database_fault), ("crash", traceback)."""
     tmp = tempfile.mkdtemp(prefix="moodleops-scan-")
     stuck = False
     try:
@@ -81,7 +81,8 @@ def _scan_child(cfg: ScanConfig, conn: Any) -> None:
         else:
             conn.send(("disk", disk))
     except ScanError as exc:
-        conn.send(("error", str(exc)))
+        # The cause does not cross the pipe: say whether it was the database's fault.
+        conn.send(("error", str(exc), exc.__cause__ is not None))
     except Exception:  # noqa: BLE001 - a bug: its traceback goes to the parent, which logs it
         conn.send(("crash", traceback.format_exc()))
     finally:
@@ -141,7 +142,7 @@ def run_scan(cfg: ScanConfig, events: ScanEvents | None = None) -> ScanResult:
                 proc.kill()
                 raise ScanStuck(msg[1])
             elif kind == "error":
-                raise ScanError(msg[1])
+                raise (ScanDatabaseError if len(msg) > 2 and msg[2] else ScanError)(msg[1])
             else:
                 raise RuntimeError(f"storage scan process crashed:\n{msg[1]}")
     finally:

@@ -67,6 +67,10 @@ class ScanError(RuntimeError):
     """The scan could not complete (database unreachable, timeout...): one clear line."""
 
 
+class ScanDatabaseError(ScanError):
+    """A ScanError whose cause was the database, told across the scan child's pipe."""
+
+
 def _ctx_query(p: str) -> str:
     """Every context's bucket key (a few hundred thousand rows at most)."""
     return f"""
