@@ -24,8 +24,9 @@ CONTROLLER_ONLY = {"ansible", "ansible-core", "ansible-lint", "locust", "boto3",
 
 
 def _venv(*args: str) -> subprocess.CompletedProcess[str]:
+    # cwd "/": from the checkout, `python -c` would import the checkout's moodleops, not the venv's.
     return subprocess.run([str(VENV / "bin" / args[0]), *args[1:]], capture_output=True, text=True,
-                          timeout=120, check=False)
+                          timeout=120, check=False, cwd="/")
 
 
 def test_the_exporter_venv_holds_the_wheel_and_the_exporter_extra_only(provisioned: PlaybookResult | None) -> None:
