@@ -21,17 +21,18 @@ from moodleops.loadtests.runner import (
 from moodleops.loadtests.ssh import SshOptions, WorkerHostError
 
 from moodleops.commands import add_area, add_command
+from moodleops.errors import ExitStatus
 from moodleops.faults import moodle_http_preflight
 from moodleops.inventory import load_inventory
 from moodleops.moodle import MoodleCLI
 from moodleops.site import site_of
 
 # Exit statuses of `moodleops loadtest run` (one table, for the CLI's central one).
-EXIT_PASS = 0            # every SLO held and every page type ran enough
-EXIT_SLO_FAILED = 1      # an SLO was violated
-EXIT_USAGE = 2           # bad option, refused target/inventory, no or too small a fixture
-EXIT_INCONCLUSIVE = 8    # nothing violated, but a page type the shape plays ran too rarely to judge
-EXIT_RUN_FAILED = 4      # Locust itself failed (exit status, no statistics, timeout), SSH to a worker host failed
+EXIT_PASS = ExitStatus.OK                  # every SLO held and every page type ran enough
+EXIT_SLO_FAILED = ExitStatus.PROBLEMS      # an SLO was violated
+EXIT_USAGE = ExitStatus.USAGE              # bad option, refused target/inventory, no or too small a fixture
+EXIT_INCONCLUSIVE = ExitStatus.INCONCLUSIVE  # nothing violated, but a page type ran too rarely to judge
+EXIT_RUN_FAILED = ExitStatus.DEPENDENCY    # Locust failed (status, no statistics, timeout), SSH to a worker failed
 RUN_EXIT_STATUS = {
     EXIT_PASS: "the run held every SLO (peak-window p95 per page type, error rate) with every page type judged",
     EXIT_SLO_FAILED: "an SLO was violated (listed on stdout)",
