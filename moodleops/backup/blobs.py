@@ -9,8 +9,8 @@ import base64
 import hashlib
 import os
 import re
-from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,6 +69,22 @@ class BlobReport:
     seconds: float = 0.0
 
 
+def bounded_map(fn: Callable[[Any], Any], items: Iterable[Any], workers: int) -> Iterator[Any]:
+    """fn over items on `workers` threads with at most 4 x workers items in
+    flight: memory stays flat however many blobs there are (an executor's map()
+    would submit them all at once)."""
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending: set[Future[Any]] = set()
+        for item in items:
+            pending.add(pool.submit(fn, item))
+            if len(pending) >= workers * 4:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    yield fut.result()
+        for fut in pending:
+            yield fut.result()
+
+
 def _read_verified(path: Path, sha1: str) -> bytes | None:
     """The file's bytes if their sha1 is the name, None if not (a corrupt pool file)."""
     data = path.read_bytes()
@@ -103,43 +119,49 @@ def _upload_large(s3: Any, cfg: BackupConfig, path: Path, key: str, sha1: str) -
 
 
 def upload_missing(s3: Any, cfg: BackupConfig, filedir: Path, local: dict[str, int],
-                   remote: dict[str, int]) -> BlobReport:
-    """Send every local blob the bucket lacks (or holds with another size)."""
+                   remote: dict[str, int], trashdir: Path | None = None) -> BlobReport:
+    """Send every local blob the bucket lacks (or holds with another size). A
+    blob gone from filedir meanwhile is looked for in trashdir (where Moodle
+    moves deleted content) before it counts as vanished."""
     rep = BlobReport(total=len(local), total_bytes=sum(local.values()))
     todo = [(h, s) for h, s in local.items() if remote.get(h) != s]
     rep.skipped = rep.total - len(todo)
     rep.skipped_bytes = rep.total_bytes - sum(s for _, s in todo)
     progress = Progress("filedir blobs", sum(s for _, s in todo), len(todo))
 
+    def send(path: Path, sha1: str, size: int) -> bool:
+        key = blob_key(cfg, sha1)
+        if size > cfg.part_size:
+            return _upload_large(s3, cfg, path, key, sha1)
+        data = _read_verified(path, sha1)
+        if data is None:
+            return False
+        s3.put_object(Bucket=cfg.bucket, Key=key, Body=data, ServerSideEncryption=cfg.sse,
+                      ChecksumAlgorithm="SHA256",
+                      ChecksumSHA256=base64.b64encode(hashlib.sha256(data).digest()).decode(),
+                      Metadata={"sha1": sha1})
+        return True
+
     def one(item: tuple[str, int]) -> tuple[str, str, int]:
         sha1, size = item
-        path = local_path(filedir, sha1)
-        key = blob_key(cfg, sha1)
-        try:
-            if size > cfg.part_size:
-                ok = _upload_large(s3, cfg, path, key, sha1)
-            else:
-                data = _read_verified(path, sha1)
-                ok = data is not None
-                if data is not None:
-                    s3.put_object(Bucket=cfg.bucket, Key=key, Body=data, ServerSideEncryption=cfg.sse,
-                                  ChecksumAlgorithm="SHA256",
-                                  ChecksumSHA256=base64.b64encode(hashlib.sha256(data).digest()).decode(),
-                                  Metadata={"sha1": sha1})
-        except FileNotFoundError:
-            return sha1, "vanished", 0
-        progress.add(size, 1)
-        return sha1, "uploaded" if ok else "corrupt", size
+        places = [filedir] + ([trashdir] if trashdir is not None else [])
+        for place in places:
+            try:
+                ok = send(local_path(place, sha1), sha1, size)
+            except FileNotFoundError:
+                continue
+            progress.add(size, 1)
+            return sha1, "uploaded" if ok else "corrupt", size
+        return sha1, "vanished", 0
 
-    with ThreadPoolExecutor(max_workers=cfg.workers) as pool:
-        for sha1, outcome, size in pool.map(one, todo):
-            if outcome == "uploaded":
-                rep.uploaded += 1
-                rep.uploaded_bytes += size
-            elif outcome == "vanished":
-                rep.vanished.append(sha1)
-            else:
-                rep.corrupt.append(sha1)
+    for sha1, outcome, size in bounded_map(one, todo, cfg.workers):
+        if outcome == "uploaded":
+            rep.uploaded += 1
+            rep.uploaded_bytes += size
+        elif outcome == "vanished":
+            rep.vanished.append(sha1)
+        else:
+            rep.corrupt.append(sha1)
     rep.seconds = progress.elapsed()
     return rep
 
@@ -194,9 +216,8 @@ def fetch_blobs(s3: Any, cfg: BackupConfig, filedir: Path, needed: Iterable[str]
         progress.add(size, 1)
         return size
 
-    with ThreadPoolExecutor(max_workers=cfg.workers) as pool:
-        for size in pool.map(one, todo):
-            rep.fetched += 1
-            rep.fetched_bytes += size
+    for size in bounded_map(one, todo, cfg.workers):
+        rep.fetched += 1
+        rep.fetched_bytes += size
     rep.seconds = progress.elapsed()
     return rep

@@ -7,9 +7,10 @@ import argparse
 import json
 import sys
 from datetime import date, timedelta
+from pathlib import Path
 from typing import Any
 
-from moodleops.backup import manifest, restore, retention
+from moodleops.backup import manifest, markers, restore, retention, sealing
 from moodleops.backup.config import backup_config
 from moodleops.backup.platform_backup import backup_lock, report_json, run_backup
 from moodleops.backup.progress import human_bytes
@@ -101,6 +102,12 @@ def cmd_prune(args: argparse.Namespace) -> int:
     _inv, site, cfg, s3 = _ctx(args.inventory)
     with backup_lock(site):
         p = retention.plan(s3, cfg, grace=timedelta(hours=args.grace_hours))
+        if p.in_progress:
+            print(f"backup(s) in progress elsewhere: {', '.join(p.in_progress)}: no blob, dump or archive is "
+                  "deleted this time (only manifests not kept)")
+        if p.stale_markers:
+            print(f"note: in-progress markers older than {markers.INPROGRESS_MAX_AGE} ignored (killed runs; the "
+                  f"next `backup run` resumes them): {', '.join(p.stale_markers)}")
         print(f"keep {len(p.keep)} backup(s): {', '.join(p.keep) or '-'}")
         print(f"drop {len(p.drop)} backup(s): {', '.join(p.drop) or '-'}")
         print(f"delete {len(p.keys)} manifest/dump/archive object(s) and {len(p.blobs)} blob(s) "
@@ -122,7 +129,9 @@ def cmd_restore(args: argparse.Namespace) -> int:
         key = manifest.resolve_key(cfg, args.manifest)
     except BackupError as exc:
         return _err(str(exc))
-    p = restore.plan(s3, cfg, key, target_inv, target)
+    p = restore.plan(s3, cfg, key, target_inv, target, allow_plugin_differences=args.allow_plugin_differences)
+    for diff in p.plugin_differences:
+        print(f"WARNING: plugin version differs (allowed by --allow-plugin-differences): {diff}")
     print(f"restore {key} (backup of {p.manifest['env']}, {p.manifest['site']['wwwroot']}) onto "
           f"'{target_inv.env}' {target.wwwroot}, database {target.db_name}, {target.dataroot}:")
     for i, step in enumerate(p.steps, 1):
@@ -137,6 +146,23 @@ def cmd_restore(args: argparse.Namespace) -> int:
         return _err(str(exc))
     print("\n".join(rep.lines()))
     print(f"Moodle serves the restored data at {target.wwwroot}")
+    return 0
+
+
+@_guard
+def cmd_keygen(args: argparse.Namespace) -> int:
+    inv = load_inventory(args.inventory)
+    site = site_of(inv)
+    if args.out:
+        out = Path(args.out)
+    elif site.secrets_dir is not None:
+        out = site.secrets_dir / sealing.KEY_NAME
+    else:
+        return _err("--out is required: this inventory has no local secrets directory (production keys "
+                    "go to the vault; MOODLEOPS_BACKUP_MANIFEST_KEY gives it to the backup commands)")
+    kid = sealing.write_new_key(out)
+    print(f"new manifest key {kid} written to {out} (mode 0600). Keep a copy in the vault: the secrets of every "
+          "backup sealed with it are unreadable without it.")
     return 0
 
 
@@ -228,15 +254,29 @@ def register(areas: argparse._SubParsersAction) -> None:
                                 "first (dump and archive sha256, each blob's sha1: a corrupted object stops the "
                                 "restore and is named), then maintenance on, the database replaced, moodledata "
                                 "folders replaced, caches purged, maintenance off. The target must run the "
-                                "same Moodle version as the backup. Its config.php is left as is (the manifest "
-                                "keeps the source's copy for a rebuild by hand).",
+                                "same Moodle version and, unless --allow-plugin-differences, the same plugin "
+                                "versions as the backup. Its config.php is left as is; the backup's copy (sealed "
+                                "in the manifest, decrypted with the backup_manifest_key secret) is written "
+                                "beside the target's state, mode 0600, for a rebuild by hand.",
                     epilog="examples:\n  moodleops backup restore --manifest 20290101T020000Z --target-inventory local\n"
                            "  moodleops backup restore --manifest 20290101T020000Z --target-inventory local "
                            "--confirm\n\n" + EXIT)
     p.add_argument("--manifest", required=True, metavar="ID|KEY", help="backup id or manifest key (see list)")
     p.add_argument("--target-inventory", required=True, metavar="ENV", help="inventory of the Moodle to overwrite")
     p.add_argument("--confirm", action="store_true", help="really replace the target's data (default: dry run)")
+    p.add_argument("--allow-plugin-differences", action="store_true",
+                   help="restore even if the target pins other plugin versions than the backup had")
     p.set_defaults(run=cmd_restore)
+
+    p = add_command(commands, "keygen", summary="make the key that seals the manifests' secrets",
+                    description="Write a new Fernet key (the backup_manifest_key secret) to --out, or to the "
+                                "inventory's local secrets directory, mode 0600; an existing key is never "
+                                "replaced. Backups seal config.php (the database password) with it before "
+                                "upload; restores need it. Keep a copy in the vault, never in the bucket.",
+                    epilog="examples:\n  moodleops backup keygen\n  moodleops backup keygen --out "
+                           "/root/backup_manifest_key\n\n" + EXIT)
+    p.add_argument("--out", metavar="FILE", help="where to write the key (default: <secrets dir>/backup_manifest_key)")
+    p.set_defaults(run=cmd_keygen)
 
     p = add_command(commands, "export", summary="a school's end-of-agreement export (resumable)",
                     description="Back up every course below the school's category through Moodle (.mbz, with "

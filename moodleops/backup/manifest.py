@@ -1,8 +1,10 @@
 """The manifest of one platform backup run: everything a restore needs to know
 (database dump, blobs, moodledata archive, Moodle and plugin versions,
-config.php). It is written last, so a manifest in the bucket means a complete
-backup. Stored gzip-compressed as manifests/<id>.json.gz with server-side
-encryption: it holds config.php, hence the database password."""
+config.php, what the run checked). It is written last, so a manifest in the
+bucket means a complete backup. Stored gzip-compressed as
+manifests/<id>.json.gz with server-side encryption; since format 2 its
+secrets (config.php, hence the database password) are also sealed
+client-side (sealing.py): a bucket reader learns no password."""
 
 from __future__ import annotations
 
@@ -14,7 +16,8 @@ from typing import Any
 from moodleops.backup.config import BackupConfig
 from moodleops.backup.s3 import BackupError, get_bytes, list_keys, put_bytes
 
-FORMAT = 1
+FORMAT = 2
+READABLE = (1, 2)       # format 1 carried config.php in clear: still listed, pruned and restorable
 _SUFFIX = ".json.gz"
 
 
@@ -51,8 +54,9 @@ def put(s3: Any, cfg: BackupConfig, manifest: dict[str, Any]) -> str:
 
 def get(s3: Any, cfg: BackupConfig, key: str) -> dict[str, Any]:
     data: dict[str, Any] = json.loads(gzip.decompress(get_bytes(s3, cfg, key)))
-    if data.get("format") != FORMAT:
-        raise BackupError(f"{key}: manifest format {data.get('format')!r} is not supported (expected {FORMAT})")
+    if data.get("format") not in READABLE:
+        raise BackupError(f"{key}: manifest format {data.get('format')!r} is not supported "
+                          f"(readable: {', '.join(map(str, READABLE))})")
     return data
 
 
