@@ -19,7 +19,7 @@ from moodleops.backup.config import BackupConfig
 from moodleops.backup.progress import Progress
 from moodleops.backup.s3 import BackupError, list_keys
 
-_SHA1 = re.compile(r"^[0-9a-f]{40}$")
+SHA1_RE = re.compile(r"^[0-9a-f]{40}$")
 _CHUNK = 1024 * 1024
 
 
@@ -32,11 +32,15 @@ def local_path(filedir: Path, sha1: str) -> Path:
 
 
 def scan_filedir(filedir: Path) -> dict[str, int]:
-    """sha1 -> size of every pool file. Only names that are a sha1 at the right
-    place count: warning.txt, jackpot/ and <hash>.tmp are not content."""
-    out: dict[str, int] = {}
+    """sha1 -> size of every pool file (in memory: small trees, tests)."""
+    return dict(iter_filedir(filedir))
+
+
+def iter_filedir(filedir: Path) -> Iterator[tuple[str, int]]:
+    """(sha1, size) of every pool file, streamed. Only names that are a sha1 at
+    the right place count: warning.txt, jackpot/ and <hash>.tmp are not content."""
     if not filedir.is_dir():
-        return out
+        return
     for top in os.scandir(filedir):
         if not (top.is_dir(follow_symlinks=False) and len(top.name) == 2):
             continue
@@ -44,16 +48,18 @@ def scan_filedir(filedir: Path) -> dict[str, int]:
             if not (sub.is_dir(follow_symlinks=False) and len(sub.name) == 2):
                 continue
             for f in os.scandir(sub.path):
-                if _SHA1.match(f.name) and f.name[0:2] == top.name and f.name[2:4] == sub.name \
+                if SHA1_RE.match(f.name) and f.name[0:2] == top.name and f.name[2:4] == sub.name \
                         and f.is_file(follow_symlinks=False):
-                    out[f.name] = f.stat(follow_symlinks=False).st_size
-    return out
+                    try:
+                        yield f.name, f.stat(follow_symlinks=False).st_size
+                    except FileNotFoundError:
+                        continue        # deleted by Moodle while listed
 
 
 def bucket_blobs(s3: Any, cfg: BackupConfig) -> dict[str, int]:
     """sha1 -> size of every blob in the bucket (one paginated listing)."""
     prefix = cfg.key("blobs", "")
-    return {k[len(prefix):]: v["size"] for k, v in list_keys(s3, cfg, prefix).items() if _SHA1.match(k[len(prefix):])}
+    return {k[len(prefix):]: v["size"] for k, v in list_keys(s3, cfg, prefix).items() if SHA1_RE.match(k[len(prefix):])}
 
 
 @dataclass
@@ -120,14 +126,24 @@ def _upload_large(s3: Any, cfg: BackupConfig, path: Path, key: str, sha1: str) -
 
 def upload_missing(s3: Any, cfg: BackupConfig, filedir: Path, local: dict[str, int],
                    remote: dict[str, int], trashdir: Path | None = None) -> BlobReport:
-    """Send every local blob the bucket lacks (or holds with another size). A
-    blob gone from filedir meanwhile is looked for in trashdir (where Moodle
-    moves deleted content) before it counts as vanished."""
-    rep = BlobReport(total=len(local), total_bytes=sum(local.values()))
+    """Send every local blob the bucket lacks (or holds with another size)."""
     todo = [(h, s) for h, s in local.items() if remote.get(h) != s]
+    rep = send_blobs(s3, cfg, filedir, todo, count=len(todo), nbytes=sum(s for _, s in todo), trashdir=trashdir)
+    rep.total, rep.total_bytes = len(local), sum(local.values())
     rep.skipped = rep.total - len(todo)
     rep.skipped_bytes = rep.total_bytes - sum(s for _, s in todo)
-    progress = Progress("filedir blobs", sum(s for _, s in todo), len(todo))
+    return rep
+
+
+def send_blobs(s3: Any, cfg: BackupConfig, filedir: Path, todo: Iterable[tuple[str, int]], *, count: int,
+               nbytes: int, trashdir: Path | None = None,
+               on_sent: Callable[[str, int], None] | None = None) -> BlobReport:
+    """Send the (sha1, size) blobs of `todo` (streamed: a bounded number in
+    flight). A blob gone from filedir meanwhile is looked for in trashdir (where
+    Moodle moves deleted content) before it counts as vanished. `on_sent` is
+    called, in the caller's thread, for each blob stored."""
+    rep = BlobReport()
+    progress = Progress("filedir blobs", nbytes, count)
 
     def send(path: Path, sha1: str, size: int) -> bool:
         key = blob_key(cfg, sha1)
@@ -158,6 +174,8 @@ def upload_missing(s3: Any, cfg: BackupConfig, filedir: Path, local: dict[str, i
         if outcome == "uploaded":
             rep.uploaded += 1
             rep.uploaded_bytes += size
+            if on_sent is not None:
+                on_sent(sha1, size)
         elif outcome == "vanished":
             rep.vanished.append(sha1)
         else:

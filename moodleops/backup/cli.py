@@ -12,6 +12,7 @@ from typing import Any
 
 from moodleops.backup import manifest, markers, restore, retention, sealing
 from moodleops.backup.config import backup_config
+from moodleops.backup.index import BlobIndex
 from moodleops.backup.platform_backup import backup_lock, report_json, run_backup
 from moodleops.backup.progress import human_bytes
 from moodleops.backup.s3 import BackupError, client
@@ -115,7 +116,14 @@ def cmd_prune(args: argparse.Namespace) -> int:
         if not args.confirm:
             print("dry run: nothing deleted (add --confirm to delete)")
             return 0
-        retention.apply(s3, cfg, p)
+        started, deleted = retention.apply(s3, cfg, p)
+        # This host's bucket index learns what went, so its next backup need not list the bucket.
+        idx = BlobIndex.for_bucket(site.state_dir, cfg)
+        try:
+            idx.forget(deleted)
+            idx.set_meta("prune_applied", started.isoformat())
+        finally:
+            idx.close()
         print("deleted")
     return 0
 

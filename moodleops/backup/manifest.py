@@ -9,7 +9,10 @@ client-side (sealing.py): a bucket reader learns no password."""
 from __future__ import annotations
 
 import gzip
+import hashlib
+import io
 import json
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -43,6 +46,36 @@ def resolve_key(cfg: BackupConfig, given: str) -> str:
                           f"(allowed: an id like 20290101T020000Z or {cfg.key('manifests', '<id>' + _SUFFIX)}; "
                           f"see `moodleops backup list`)") from exc
     return manifest_key(cfg, name)
+
+
+def blob_list_key(cfg: BackupConfig, backup_id: str) -> str:
+    return cfg.key("manifests", backup_id + ".blobs.gz")
+
+
+def iter_blobs(s3: Any, cfg: BackupConfig, m: dict[str, Any]) -> Iterator[str]:
+    """The sha1 of every blob a manifest needs: inline (format 1, small
+    synthetic manifests) or its gzip list object, checked against its sha256
+    before a line is used."""
+    blobs = m["blobs"]
+    if "sha1" in blobs:
+        yield from blobs["sha1"]
+        return
+    ref = blobs["list"]
+    data = get_bytes(s3, cfg, ref["key"])
+    if hashlib.sha256(data).hexdigest() != ref["sha256"]:
+        raise BackupError(f"s3://{cfg.bucket}/{ref['key']} is corrupted: its sha256 is not the manifest's "
+                          f"(nothing was changed)")
+    with gzip.open(io.BytesIO(data), "rt") as fh:
+        for line in fh:
+            yield line.rstrip("\n")
+
+
+def referenced_keys(m: dict[str, Any]) -> set[str]:
+    """The objects a manifest needs besides blobs."""
+    keys = {m["database"]["key"], m["moodledata"]["key"]}
+    if "list" in m["blobs"]:
+        keys.add(m["blobs"]["list"]["key"])
+    return keys
 
 
 def put(s3: Any, cfg: BackupConfig, manifest: dict[str, Any]) -> str:

@@ -76,11 +76,19 @@ def end_prune(s3: Any, cfg: BackupConfig, started: datetime) -> None:
               content_type="application/json")
 
 
+def last_prune(s3: Any, cfg: BackupConfig) -> dict[str, Any] | None:
+    """{started, finished (None: running or killed), host} of the last prune, if any."""
+    if not list_keys(s3, cfg, _prune_key(cfg)):
+        return None
+    out: dict[str, Any] = json.loads(get_bytes(s3, cfg, _prune_key(cfg)))
+    return out
+
+
 def prune_overlapped(s3: Any, cfg: BackupConfig, since: datetime) -> bool:
     """Whether a prune ran (or is running, or was killed) at any time after `since`."""
-    if not list_keys(s3, cfg, _prune_key(cfg)):
+    last = last_prune(s3, cfg)
+    if last is None:
         return False
-    last = json.loads(get_bytes(s3, cfg, _prune_key(cfg)))
     if last.get("finished") is None:
         return True
     return datetime.fromisoformat(last["finished"]) >= since

@@ -12,6 +12,7 @@ manifest says what was checked and what (if anything) could not be found."""
 from __future__ import annotations
 
 import fcntl
+import gzip
 import hashlib
 import json
 import os
@@ -27,8 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from moodleops.backup import database, manifest, markers, sealing
-from moodleops.backup.blobs import BlobReport, bucket_blobs, scan_filedir, upload_missing
+from moodleops.backup.blobs import BlobReport, iter_filedir, send_blobs
 from moodleops.backup.config import BackupConfig
+from moodleops.backup.index import BlobIndex
 from moodleops.backup.multipart import upload_file
 from moodleops.backup.progress import human_bytes, human_seconds
 from moodleops.backup.s3 import BackupError, ensure_bucket
@@ -107,10 +109,12 @@ EMPTY_SHA1 = hashlib.sha1(b"").hexdigest()   # directories' contenthash: no cont
 
 def run_backup(s3: Any, cfg: BackupConfig, inv: Inventory, site: Site, *, fresh: bool = False,
                on_dump_part: Callable[[int], None] | None = None,
-               after_dump: Callable[[], None] | None = None) -> RunReport:
+               after_dump: Callable[[], None] | None = None,
+               before_manifest: Callable[[], None] | None = None) -> RunReport:
     """Back the platform up. An interrupted run is resumed by the next one (same
     id, same dump, parts already in S3 not sent again) unless `fresh`.
-    `after_dump` runs between the dump and the filedir listing (tests)."""
+    `after_dump` runs between the dump and the filedir listing, `before_manifest`
+    after the blobs are sent (tests: what happens meanwhile elsewhere)."""
     started = time.monotonic()
     began = datetime.now(UTC)
     ensure_bucket(s3, cfg)
@@ -153,41 +157,12 @@ def run_backup(s3: Any, cfg: BackupConfig, inv: Inventory, site: Site, *, fresh:
                      progress_label="database dump", on_part=on_dump_part, metadata={"backup-id": bid})
 
     filedir, trashdir = site.dataroot / "filedir", site.dataroot / "trashdir"
-    referenced = set(database.referenced_contenthashes(Path(state["dump"]), site.db_prefix))
-    referenced.discard(EMPTY_SHA1)
-    local = scan_filedir(filedir)                       # listed after the dump
-    trash_all = scan_filedir(trashdir)
-    # Referenced by the dump but deleted since: Moodle moved it to trashdir.
-    trash = {h: s for h, s in trash_all.items() if h in referenced and h not in local}
-    remote = bucket_blobs(s3, cfg)
-    blobs = upload_missing(s3, cfg, filedir, local, remote, trashdir=trashdir)
-    blobs_trash = upload_missing(s3, cfg, trashdir, trash, remote)
-    blobs.uploaded += blobs_trash.uploaded
-    blobs.uploaded_bytes += blobs_trash.uploaded_bytes
-    blobs.corrupt += blobs_trash.corrupt
-    sizes = {**remote, **trash, **local}
-    lost = set(blobs.vanished) | set(blobs_trash.vanished) | set(blobs.corrupt)
-    stored = (set(local) | set(trash) | set(remote)) - lost | (lost & set(remote))
-    if markers.prune_overlapped(s3, cfg, began):
-        # A prune elsewhere may have deleted a blob this run counted as stored.
-        again = bucket_blobs(s3, cfg)
-        stored = {h for h in stored if h in again or h in local or h in trash}
-        resend = {h: sizes[h] for h in (set(local) | set(trash)) & referenced if h not in again and h not in lost}
-        if resend:
-            upload_missing(s3, cfg, filedir, resend, again, trashdir=trashdir)
-    missing = sorted(referenced - stored)
-    needed = {h: sizes.get(h, 0) for h in (referenced | set(local)) if h in stored}
-    checks = {
-        "listing": "filedir and trashdir listed after the database dump",
-        "referenced_by_dump": len(referenced),
-        "in_filedir": len(referenced & set(local)),
-        "from_trashdir": len(set(trash) - lost),
-        "only_in_bucket": len((referenced - set(local) - set(trash)) & stored),
-        "vanished_during_run": sorted(set(blobs.vanished) | set(blobs_trash.vanished))[:1000],
-        "missing": missing[:1000],
-        "missing_count": len(missing),
-        "prune_overlapped": markers.prune_overlapped(s3, cfg, began),
-    }
+    idx = BlobIndex.for_bucket(site.state_dir, cfg)
+    try:
+        blobs, checks, missing, blob_list = _blobs(s3, cfg, site, idx, Path(state["dump"]), rd, bid, began,
+                                                   filedir, trashdir, before_manifest)
+    finally:
+        idx.close()
 
     tar_path = rd / "moodledata.tar.gz"
     included = _tar_moodledata(site.dataroot, cfg.moodledata_excludes, tar_path)
@@ -203,7 +178,7 @@ def run_backup(s3: Any, cfg: BackupConfig, inv: Inventory, site: Site, *, fresh:
         "database": {"key": dump_key, "size": up.size, "sha256": up.sha256, "format": "pg_dump -Fc -Z 6"},
         "moodledata": {"key": tar_key, "size": tar_up.size, "sha256": tar_up.sha256, "included": included,
                        "excluded": list(cfg.moodledata_excludes)},
-        "blobs": {"count": len(needed), "bytes": sum(needed.values()), "sha1": sorted(needed)},
+        "blobs": blob_list,
         "checks": checks,
         # config.php holds the database password: sealed client-side, under a key
         # that is not in the bucket (sealing.py).
@@ -215,8 +190,113 @@ def run_backup(s3: Any, cfg: BackupConfig, inv: Inventory, site: Site, *, fresh:
     markers.end_backup(s3, cfg, bid)
     run_file.unlink(missing_ok=True)
     shutil.rmtree(rd, ignore_errors=True)
-    return RunReport(id=bid, manifest_key=mkey, missing=missing, resumed=resumed, db_bytes=up.size, db_parts_resumed=up.parts_resumed,
-                     tar_bytes=tar_up.size, blobs=blobs, seconds=time.monotonic() - started)
+    return RunReport(id=bid, manifest_key=mkey, missing=missing, resumed=resumed, db_bytes=up.size,
+                     db_parts_resumed=up.parts_resumed, tar_bytes=tar_up.size, blobs=blobs,
+                     seconds=time.monotonic() - started)
+
+
+def _blobs(s3: Any, cfg: BackupConfig, site: Site, idx: BlobIndex, dump: Path, rd: Path, bid: str, began: datetime,
+           filedir: Path, trashdir: Path, before_manifest: Callable[[], None] | None
+           ) -> tuple[BlobReport, dict[str, Any], list[str], dict[str, Any]]:
+    """The filedir part of a run, on disk-backed sets (index.py): what the dump
+    references, filedir and trashdir as listed after the dump, what the bucket
+    holds. Returns the report, the manifest's checks, the contents missing
+    everywhere and the manifest's blob-list entry."""
+    last_prune = markers.last_prune(s3, cfg)
+    stale = ""
+    if last_prune is not None and last_prune["started"] != idx.meta("prune_applied") and \
+            datetime.fromisoformat(last_prune["started"]).timestamp() > (idx.rebuilt_at() or 0):
+        stale = f"a prune ran at {last_prune['started']} on {last_prune.get('host', '?')}"
+    check = idx.ensure(s3, cfg, must_rebuild=stale)
+    print(f"bucket index: {'rebuilt (' + check.reason + ')' if check.rebuilt else check.reason}, "
+          f"{check.blobs} blobs known, {check.seconds:.1f} s", file=sys.stderr, flush=True)
+    for name in ("referenced", "lost"):
+        idx.new_set(name, sized=False)
+    for name in ("local", "trash", "sent"):
+        idx.new_set(name)
+    idx.fill("referenced", (h for h in database.referenced_contenthashes(dump, site.db_prefix) if h != EMPTY_SHA1),
+             sized=False)
+    idx.fill("local", iter_filedir(filedir))                 # listed after the dump
+    idx.fill("trash", iter_filedir(trashdir))
+
+    sent: list[tuple[str, int]] = []
+
+    def on_sent(sha1: str, size: int) -> None:
+        sent.append((sha1, size))
+        if len(sent) >= 5000:
+            flush()
+
+    def flush() -> None:
+        idx.fill("sent", sent)
+        sent.clear()
+
+    def send(select: str, place: Path, *, fallback: Path | None) -> BlobReport:
+        count = idx.scalar(f"SELECT count(*) FROM ({select})")
+        nbytes = idx.scalar(f"SELECT sum(size) FROM ({select})")
+        rep = send_blobs(s3, cfg, place, idx.pages(select), count=count, nbytes=nbytes, trashdir=fallback,
+                         on_sent=on_sent)
+        flush()
+        idx.fill("lost", rep.vanished + rep.corrupt, sized=False)
+        idx.db.execute("INSERT OR REPLACE INTO stored SELECT sha1, size FROM sent")
+        idx.db.execute("DELETE FROM sent")
+        return rep
+
+    unstored = "LEFT JOIN stored s ON s.sha1 = {t}.sha1 WHERE (s.size IS NULL OR s.size <> {t}.size)"
+    blobs = send("SELECT l.sha1, l.size FROM local l " + unstored.format(t="l"), filedir, fallback=trashdir)
+    blobs.total = idx.scalar("SELECT count(*) FROM local")
+    blobs.total_bytes = idx.scalar("SELECT sum(size) FROM local")
+    blobs.skipped = blobs.total - blobs.uploaded - len(blobs.vanished) - len(blobs.corrupt)
+    blobs.skipped_bytes = max(0, blobs.total_bytes - blobs.uploaded_bytes)
+    # Referenced by the dump but deleted since: Moodle moved it to trashdir.
+    from_trash = ("SELECT t.sha1, t.size FROM trash t JOIN referenced r ON r.sha1 = t.sha1 "
+                  "LEFT JOIN local l ON l.sha1 = t.sha1 " + unstored.format(t="t") + " AND l.sha1 IS NULL")
+    trash_rep = send(from_trash, trashdir, fallback=None)
+    blobs.uploaded += trash_rep.uploaded
+    blobs.uploaded_bytes += trash_rep.uploaded_bytes
+    blobs.corrupt += trash_rep.corrupt
+    blobs.vanished += trash_rep.vanished
+
+    if before_manifest is not None:
+        before_manifest()
+    overlapped = markers.prune_overlapped(s3, cfg, began)
+    if overlapped:
+        # A prune elsewhere may have deleted a blob this run counted as stored:
+        # look again, and send whatever is still on disk.
+        idx.rebuild(s3, cfg)
+        again = ("SELECT x.sha1, x.size FROM (SELECT sha1, size FROM local UNION SELECT sha1, size FROM trash) x "
+                 + unstored.format(t="x"))
+        send(again, filedir, fallback=trashdir)
+    idx.db.execute("DROP TABLE IF EXISTS temp.needed")
+    idx.db.execute("CREATE TEMP TABLE needed AS SELECT s.sha1, s.size FROM stored s "
+                   "WHERE s.sha1 IN (SELECT sha1 FROM local UNION SELECT sha1 FROM referenced)")
+    missing_sql = "SELECT r.sha1 FROM referenced r LEFT JOIN stored s ON s.sha1 = r.sha1 WHERE s.sha1 IS NULL"
+    missing = [row[0] for _, row in zip(range(1000), idx.pages(missing_sql), strict=False)]
+    checks = {
+        "listing": "filedir and trashdir listed after the database dump",
+        "index": check.reason + (" (rebuilt)" if check.rebuilt else ""),
+        "referenced_by_dump": idx.scalar("SELECT count(*) FROM referenced"),
+        "in_filedir": idx.scalar("SELECT count(*) FROM referenced r JOIN local l ON l.sha1 = r.sha1"),
+        "from_trashdir": idx.scalar("SELECT count(*) FROM referenced r JOIN trash t ON t.sha1 = r.sha1 "
+                                    "LEFT JOIN local l ON l.sha1 = r.sha1 WHERE l.sha1 IS NULL "
+                                    "AND r.sha1 NOT IN (SELECT sha1 FROM lost)"),
+        "only_in_bucket": idx.scalar("SELECT count(*) FROM referenced r JOIN stored s ON s.sha1 = r.sha1 "
+                                     "WHERE r.sha1 NOT IN (SELECT sha1 FROM local UNION SELECT sha1 FROM trash)"),
+        "vanished_during_run": sorted(blobs.vanished)[:1000],
+        "missing": missing,
+        "missing_count": idx.scalar(f"SELECT count(*) FROM ({missing_sql})"),
+        "prune_overlapped": overlapped,
+    }
+    # The list of blobs is an object of its own (gzip, one sha1 a line, sorted):
+    # a million of them would not fit a manifest read in one piece.
+    list_path = rd / "blobs.txt.gz"
+    with gzip.open(list_path, "wt", compresslevel=6) as out:
+        for (sha1,) in idx.pages("SELECT sha1 FROM needed"):
+            out.write(sha1 + "\n")
+    list_key = manifest.blob_list_key(cfg, bid)
+    list_up = upload_file(s3, cfg, list_path, list_key, rd / "list-upload.json", progress_label="blob list")
+    entry = {"count": idx.scalar("SELECT count(*) FROM needed"), "bytes": idx.scalar("SELECT sum(size) FROM needed"),
+             "list": {"key": list_key, "sha256": list_up.sha256, "size": list_up.size}}
+    return blobs, checks, missing, entry
 
 
 def report_json(rep: RunReport) -> dict[str, Any]:

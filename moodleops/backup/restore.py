@@ -158,7 +158,7 @@ def apply(s3: Any, cfg: BackupConfig, p: RestorePlan, inv: Inventory) -> Restore
         filedir.mkdir()
         os.chown(filedir, uid, gid)
         os.chmod(filedir, dir_mode)
-    blobs = fetch_blobs(s3, cfg, filedir, m["blobs"]["sha1"], uid=uid, gid=gid, file_mode=file_mode,
+    blobs = fetch_blobs(s3, cfg, filedir, manifest.iter_blobs(s3, cfg, m), uid=uid, gid=gid, file_mode=file_mode,
                         dir_mode=dir_mode)
 
     moodle = MoodleCLI(site)

@@ -66,19 +66,21 @@ def plan(s3: Any, cfg: BackupConfig, *, now: datetime | None = None, grace: time
     for bid in sorted(ids):
         m = manifest.get(s3, cfg, manifest.manifest_key(cfg, bid))
         when = manifest.id_time(bid)
-        for sha1 in m["blobs"]["sha1"]:
+        for sha1 in manifest.iter_blobs(s3, cfg, m):
             last_ref[sha1] = when
+            if bid in keep:
+                needed.add(sha1)
         if bid in keep:
-            needed.update(m["blobs"]["sha1"])
-            kept_objects.update({m["database"]["key"], m["moodledata"]["key"], manifest.manifest_key(cfg, bid)})
+            kept_objects.update(manifest.referenced_keys(m) | {manifest.manifest_key(cfg, bid)})
     keys: list[str] = []
     for area in ("manifests", "db", "moodledata"):
         for key, meta in list_keys(s3, cfg, cfg.key(area, "")).items():
             if key in kept_objects:
                 continue
-            if area == "manifests":
+            if area == "manifests" and key.endswith(".json.gz"):
                 keys.append(key)     # a manifest not kept is dropped whatever its age
-            elif not in_progress and now - meta["last_modified"] > grace:
+            elif ((area != "manifests" or key.endswith(".blobs.gz")) and not in_progress
+                  and now - meta["last_modified"] > grace):
                 keys.append(key)
     blob_prefix = cfg.key("blobs", "")
     blobs, nbytes, kept = [], 0, 0
@@ -93,7 +95,9 @@ def plan(s3: Any, cfg: BackupConfig, *, now: datetime | None = None, grace: time
                      blobs_kept=kept, in_progress=in_progress, stale_markers=stale)
 
 
-def apply(s3: Any, cfg: BackupConfig, p: PrunePlan) -> None:
+def apply(s3: Any, cfg: BackupConfig, p: PrunePlan) -> tuple[datetime, list[str]]:
+    """Delete what the plan says; returns when the prune started (its marker)
+    and the sha1 of the blobs deleted (for this host's bucket index)."""
     started = markers.begin_prune(s3, cfg)
     # A backup that started after the plan was made: delete manifests only.
     late = [m.backup_id for m in markers.backups_in_progress(s3, cfg) if m.fresh(datetime.now(UTC))]
@@ -101,7 +105,10 @@ def apply(s3: Any, cfg: BackupConfig, p: PrunePlan) -> None:
     # time), never a manifest pointing at deleted blobs.
     manifests = [k for k in p.keys if "/manifests/" in "/" + k]
     delete_keys(s3, cfg, manifests)
+    deleted: list[str] = []
     if not late:
         delete_keys(s3, cfg, [k for k in p.keys if k not in manifests])
         delete_keys(s3, cfg, p.blobs)
+        deleted = [k.rsplit("/", 1)[-1] for k in p.blobs]
     markers.end_prune(s3, cfg, started)
+    return started, deleted
