@@ -67,12 +67,12 @@ def moto_url() -> Iterator[str]:
     mp.setenv("AWS_SECRET_ACCESS_KEY", "moodleops-test")
     mp.delenv("AWS_PROFILE", raising=False)
     try:
-        for _ in range(100):
+        for _ in range(300):      # a busy machine: moto may take a while to answer
             try:
-                requests.get(url, timeout=1)
+                requests.get(url, timeout=2)
                 break
-            except requests.ConnectionError:
-                time.sleep(0.1)
+            except requests.RequestException:
+                time.sleep(0.2)
         boto3.client("s3", endpoint_url=url, region_name="eu-west-3").create_bucket(
             Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": "eu-west-3"})
         yield url
