@@ -20,7 +20,7 @@ import shutil
 import sys
 import tarfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -159,8 +159,9 @@ def run_backup(s3: Any, cfg: BackupConfig, inv: Inventory, site: Site, *, fresh:
     filedir, trashdir = site.dataroot / "filedir", site.dataroot / "trashdir"
     idx = BlobIndex.for_bucket(site.state_dir, cfg)
     try:
-        blobs, checks, missing, blob_list = _blobs(s3, cfg, site, idx, Path(state["dump"]), rd, bid, began,
-                                                   filedir, trashdir, before_manifest)
+        referenced = database.referenced_contenthashes(Path(state["dump"]), site.db_prefix)
+        blobs, checks, missing, blob_list = backup_blobs(s3, cfg, idx, referenced, rd, bid, began,
+                                                         filedir, trashdir, before_manifest)
     finally:
         idx.close()
 
@@ -195,9 +196,9 @@ def run_backup(s3: Any, cfg: BackupConfig, inv: Inventory, site: Site, *, fresh:
                      seconds=time.monotonic() - started)
 
 
-def _blobs(s3: Any, cfg: BackupConfig, site: Site, idx: BlobIndex, dump: Path, rd: Path, bid: str, began: datetime,
-           filedir: Path, trashdir: Path, before_manifest: Callable[[], None] | None
-           ) -> tuple[BlobReport, dict[str, Any], list[str], dict[str, Any]]:
+def backup_blobs(s3: Any, cfg: BackupConfig, idx: BlobIndex, referenced: Iterable[str], rd: Path, bid: str,
+                 began: datetime, filedir: Path, trashdir: Path, before_manifest: Callable[[], None] | None = None
+                 ) -> tuple[BlobReport, dict[str, Any], list[str], dict[str, Any]]:
     """The filedir part of a run, on disk-backed sets (index.py): what the dump
     references, filedir and trashdir as listed after the dump, what the bucket
     holds. Returns the report, the manifest's checks, the contents missing
@@ -214,8 +215,7 @@ def _blobs(s3: Any, cfg: BackupConfig, site: Site, idx: BlobIndex, dump: Path, r
         idx.new_set(name, sized=False)
     for name in ("local", "trash", "sent"):
         idx.new_set(name)
-    idx.fill("referenced", (h for h in database.referenced_contenthashes(dump, site.db_prefix) if h != EMPTY_SHA1),
-             sized=False)
+    idx.fill("referenced", (h for h in referenced if h != EMPTY_SHA1), sized=False)
     idx.fill("local", iter_filedir(filedir))                 # listed after the dump
     idx.fill("trash", iter_filedir(trashdir))
 
