@@ -178,7 +178,11 @@ def plugin_requires(text: str) -> str | None:
     return found.group(1) if found else None
 
 
-def check_plugin_version(text: str, pin: dict) -> None:
+def check_plugin_version(plugin_dir: str, pin: dict) -> None:
+    check_version_text(read_version_php(plugin_dir, pin), pin)
+
+
+def check_version_text(text: str, pin: dict) -> None:
     component = re.search(r"\$plugin->component\s*=\s*['\"]([a-z0-9_]+)['\"]", text)
     version = re.search(r"\$plugin->version\s*=\s*([0-9.]+)", text)
     if component and component.group(1) != pin["component"]:
@@ -220,7 +224,7 @@ def build(params: dict, dest: str, name: str) -> dict:
             if os.path.exists(target):
                 raise ReleaseError(f"{pin['component']}: {pin['install_path']} already exists in core")
             plugin_dir = unpack(archives[pin["component"]], work)
-            check_plugin_version(read_version_php(plugin_dir, pin), pin)
+            check_plugin_version(plugin_dir, pin)
             os.makedirs(os.path.dirname(target), exist_ok=True)
             shutil.move(plugin_dir, target)
         php_override = lift_php82_restriction(staged) if params["allow_unsupported_php"] else None
@@ -269,7 +273,7 @@ def main() -> None:
             fetch(p["core"], p["source"], p["mirror"], p["download_dir"])
             for pin in p["plugins"]:
                 text = archive_version_php(fetch(pin, p["source"], p["mirror"], p["download_dir"]), pin)
-                check_plugin_version(text, pin)
+                check_version_text(text, pin)
                 result["requires"][pin["component"]] = plugin_requires(text)
             module.exit_json(**result)
         else:
