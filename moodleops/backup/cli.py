@@ -21,7 +21,7 @@ from moodleops.commands import add_area, add_command
 from moodleops.inventory import load_inventory
 from moodleops.moodle import MoodleError
 from moodleops.platform.guard import PlatformHeld, platform_operation
-from moodleops.platform.lock import PlatformLockBusy, PlatformLockError
+from moodleops.platform.lock import PlatformLockBusy, PlatformLockError, platform_lock
 from moodleops.site import site_of
 
 EXIT = """\
@@ -65,13 +65,18 @@ def _guard(fn: Any) -> Any:
 @_guard
 def cmd_run(args: argparse.Namespace) -> int:
     inv, site, cfg, s3 = _ctx(args.inventory)
-    with backup_lock(site):
-        rep = run_backup(s3, cfg, inv, site, fresh=args.fresh)
+    try:
+        # The one platform lock: a backup never overlaps an upgrade, a restore or an incident.
+        with platform_lock(site, "backup run"), backup_lock(site):
+            rep = run_backup(s3, cfg, inv, site, fresh=args.fresh)
+    except (PlatformLockBusy, PlatformLockError) as exc:
+        print(f"moodleops: backup failed: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 3
     if args.format == "json":
         print(json.dumps(report_json(rep), default=str))
     else:
         print("\n".join(rep.lines()))
-    return 1 if rep.blobs.corrupt else 0
+    return 1 if rep.blobs.corrupt or rep.missing else 0
 
 
 @_guard

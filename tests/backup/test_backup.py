@@ -37,6 +37,7 @@ from moodleops.backup.platform_backup import run_backup
 from moodleops.backup.s3 import client, list_keys
 from moodleops.cli import main
 from moodleops.inventory import load_inventory
+from moodleops.platform.lock import platform_lock
 from moodleops.platform.provision import provisioning_lock
 from moodleops.site import site_of
 from moodleops.webclient import login
@@ -429,3 +430,18 @@ def test_8_prune_during_a_backup_deletes_nothing_that_backup_needs(stack: Rehear
     assert "in progress" not in capsys.readouterr().out
     present = {k.rsplit("/", 1)[-1] for k in list_keys(s3, cfg, cfg.key("blobs", ""))}
     assert needed <= present
+
+
+def test_9_backup_run_waits_for_nobody_while_the_platform_lock_is_held(stack: Rehearsal,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """One lock for upgrades, backups, restores and incidents: a backup started
+    while another holds it is refused at once, naming the holder, changing nothing."""
+    _inv, cfg, s3, site = ctx(stack)
+    before = manifest.list_ids(s3, cfg)
+    capsys.readouterr()
+    with platform_lock(site, "pytest: an upgrade"):
+        assert cli(stack, "run") == 3
+    err = capsys.readouterr().err
+    assert "platform lock is held" in err and "pytest: an upgrade" in err
+    assert manifest.list_ids(s3, cfg) == before
+    assert not list_keys(s3, cfg, cfg.key("markers", "inprogress", ""))
