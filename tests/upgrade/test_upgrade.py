@@ -28,6 +28,7 @@ from moodleops import REPO_ROOT
 from moodleops.cli import main
 from moodleops.inventory import load_inventory
 from moodleops.moodle import MoodleCLI
+from moodleops.platform.lock import platform_lock
 from moodleops.platform.provision import provisioning_lock
 from moodleops.site import site_of
 from moodleops.webclient import login
@@ -177,6 +178,22 @@ def test_3_downgrade_is_refused_before_anything_changes(rehearsal: Rehearsal,
     assert os.readlink(BASE / "current") == link_before
     assert not (BASE / "moodledata/climaintenance.html").exists()
     assert len(rehearsal.runs()) == runs_before
+
+
+def test_3b_a_second_upgrade_is_refused_while_one_holds_the_platform_lock(
+        rehearsal: Rehearsal, capsys: pytest.CaptureFixture[str]) -> None:
+    """Two upgrades started at once: the second finds the platform lock taken
+    (as the first holds it for its whole run) and stops before the playbook."""
+    link_before = os.readlink(BASE / "current")
+    runs_before = len(rehearsal.runs())
+    site = site_of(load_inventory(str(rehearsal.env)))
+    capsys.readouterr()
+    with platform_lock(site, "platform upgrade (the first one)"):
+        assert rehearsal.upgrade() == 1
+    err = capsys.readouterr().err
+    assert "platform lock is held" in err and "the first one" in err
+    assert os.readlink(BASE / "current") == link_before and len(rehearsal.runs()) == runs_before
+    assert not (BASE / "moodledata/climaintenance.html").exists()
 
 
 SMALL_TS = "moodle_rehearsal_small"
