@@ -40,11 +40,12 @@ class RestorePlan:
 
 
 def _plugin_differences(m: dict[str, Any], inv: Inventory) -> list[str]:
-    """Add-ons whose version in the backup is not the one the target pins."""
+    """Add-ons the target pins whose version in the backup is another (the
+    backup's unpinned components are subplugins shipped inside a pinned parent)."""
     backed = {c: v for c, v in m["moodle"].get("plugins", {}).items() if v is not None}
     pinned = {p.component: p.version for p in inv.plugins}
     out = []
-    for comp in sorted(set(backed) | set(pinned)):
+    for comp in sorted(pinned):
         b, t = backed.get(comp), pinned.get(comp)
         if b is None or t is None or Decimal(str(b)) != t:
             out.append(f"{comp}: backup {b or 'absent'}, target pins {t if t is not None else 'absent'}")
