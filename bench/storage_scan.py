@@ -67,7 +67,7 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "storage_scan.json"
 LIVE_DB = "moodle"
 EMPTY_HASH = b"da39a3ee5e6b4b0d3255bfef95601890afd80709"
-TABLES = ("files", "context", "course_categories", "course", "course_modules", "block_instances",
+TABLES = ("files", "context", "course_categories", "course", "course_modules", "block_instances", "config_plugins",
           "cohort", "cohort_members", "user", "user_info_field", "user_info_data")
 TARGET_RATIO, TARGET_RSS_MB, TARGET_P99_MS = 2.0, 300.0, 50.0
 NOW = 1_764_000_000   # a fixed "now" keeps the generated data reproducible
@@ -420,8 +420,10 @@ def build(db: str, prefix: str, shape: Shape, schools: Sequence[SchoolSpec], typ
     pb, pc = pairs // (n_contents + 1), pairs % (n_contents + 1)
     unique = np.bincount(pb, weights=size_of[pc].astype(np.float64), minlength=len(bucket_names))
     distinct = np.unique(lc)
-    bucket_count = np.bincount(pc, minlength=n_contents + 1)
-    excl = bucket_count[pc] == 1
+    # Owners (docs/storage.md): every bucket but draft; draft only for contents no other bucket has.
+    nondraft = pb != bidx["draft"]
+    owners = np.bincount(pc[nondraft], minlength=n_contents + 1)
+    excl = np.where(nondraft, owners[pc] == 1, owners[pc] == 0)
     exclusive = np.bincount(pb[excl], weights=size_of[pc[excl]].astype(np.float64), minlength=len(bucket_names))
     course_like = np.isin(all_ctx, np.concatenate([[site_ctx], course_ctx, module_ctx, block_ctx]))
     expected = Expected(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import json
 import os
 import sys
@@ -30,9 +29,7 @@ from moodleops.capacity.planning import Outcome, Plan, parse_join, plan
 
 from moodleops.commands import add_area, add_command
 from moodleops.inventory import Inventory, load_inventory
-from moodleops.moodle import MoodleError
-from moodleops.moodledb import MoodleDBError
-from moodleops.site import SiteError, site_of
+from moodleops.site import site_of
 
 PROMETHEUS_ENV = "MOODLEOPS_PROMETHEUS_URL"
 
@@ -46,14 +43,9 @@ exit status:
 
 def _guard(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     """Bad input and unreachable sources end the command with one line, nothing half-written."""
-    @functools.wraps(run)
-    def wrapper(args: argparse.Namespace) -> int:
-        try:
-            return run(args)
-        except (CapacityError, SiteError, MoodleError, MoodleDBError) as exc:
-            print(f"moodleops: error: {' '.join(str(exc).split())}", file=sys.stderr)
-            return 2
-    return wrapper
+    # CapacityError and SiteError are bad input (2); a database, Prometheus or Moodle
+    # fault is a dependency's (4): the top-level command prints the line (moodleops.errors).
+    return run
 
 
 def _date(text: str) -> date:

@@ -23,6 +23,9 @@ import requests
 from moodleops.capacity.errors import CapacityError
 from prometheus_client.parser import text_string_to_metric_families
 
+from moodleops.errors import PrometheusError
+from moodleops.faults import filesystem_error, http_error
+
 POOL = "pool"       # the name the pool series goes by, next to school codes
 CSV_FIELDS = ("timestamp", "school", "bytes")
 
@@ -187,11 +190,13 @@ def fetch_prometheus(url: str, metric: str, label: str, start: float, end: float
         resp = requests.get(endpoint, params={"query": query, "start": f"{start:.0f}", "end": f"{end:.0f}",
                                               "step": str(step)}, timeout=timeout)
     except requests.RequestException as exc:
-        raise CapacityError(f"Prometheus {url} cannot be reached ({exc.__class__.__name__}: {exc})") from None
+        raise http_error(PrometheusError, url, exc, check="that Prometheus runs there: --prometheus or "
+                         "MOODLEOPS_PROMETHEUS_URL") from None
     try:
         doc = resp.json()
     except ValueError:
-        raise CapacityError(f"Prometheus {endpoint}: HTTP {resp.status_code}, not a JSON answer") from None
+        raise http_error(PrometheusError, endpoint, status=resp.status_code,
+                         check="that the URL is Prometheus' (not a proxy's error page)") from None
     return samples_from_prometheus(doc, label, f"Prometheus {endpoint} ({query})", POOL if pool else None)
 
 
@@ -234,12 +239,19 @@ def append_snapshots(path: Path, samples: Iterable[Sample]) -> int:
     """Append samples to a CSV history (header written when the file is new)."""
     rows = list(samples)
     new = not path.exists() or path.stat().st_size == 0
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8", newline="") as fh:
-        writer = csv.writer(fh)
-        if new:
-            writer.writerow(CSV_FIELDS)
-        for s in rows:
-            stamp = datetime.fromtimestamp(s.timestamp, UTC).isoformat(timespec="seconds")
-            writer.writerow((stamp, s.school, f"{s.bytes:.0f}"))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8", newline="") as fh:
+            writer = csv.writer(fh)
+            if new:
+                writer.writerow(CSV_FIELDS)
+            for s in rows:
+                stamp = datetime.fromtimestamp(s.timestamp, UTC).isoformat(timespec="seconds")
+                writer.writerow((stamp, s.school, f"{s.bytes:.0f}"))
+    except OSError as exc:
+        # A failed write (disk full) carries no file name: name the history file.
+        fs = filesystem_error(OSError(exc.errno, exc.strerror, str(exc.filename or path)))
+        if fs is None:
+            raise
+        raise fs from exc
     return len(rows)

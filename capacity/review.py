@@ -9,12 +9,11 @@ from the school's history (exporter series or recorded snapshots)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
-from html import escape
 from pathlib import Path
 
+import jinja2
 from moodleops.capacity.config import ReviewParams
 from moodleops.capacity.errors import CapacityError, read_schema_doc
 from moodleops.capacity.forecast import Crossing, Projection
@@ -24,6 +23,10 @@ from moodleops.capacity.svg import storage_chart
 from moodleops import membership, moodledb
 from moodleops.inventory import Inventory, School
 from moodleops.site import Site
+
+# Review pages are rendered from templates, escaped by default.
+_TEMPLATES = jinja2.Environment(loader=jinja2.PackageLoader("moodleops.capacity", "templates"),
+                                autoescape=True, undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
 
 SCHEMA = "moodleops.review-data/1"
 
@@ -177,14 +180,6 @@ def _crossing_text(c: Crossing | None, until: date) -> str:
     return f"{expected} (between {earliest} and {latest})"
 
 
-def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]], empty: str) -> str:
-    if not rows:
-        return f"<p class='empty'>{escape(empty)}</p>"
-    head = "".join(f"<th>{escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
 @dataclass(frozen=True)
 class StorageView:
     """What the history says: current usage, growth over the last year, the forecast."""
@@ -223,7 +218,7 @@ def render_html(inv: Inventory, school: School, data: ReviewData, storage: Stora
     old_bin = sorted((b for b in data.recyclebin if b.timecreated < bin_before), key=lambda b: b.timecreated)
 
     chart = (storage_chart(h, storage.projection, school.alert_bytes, f"storage of {school.name}")
-             if h is not None and len(h.values) else "<p class='empty'>No storage history recorded.</p>")
+             if h is not None and len(h.values) else "")
     forecast_note = storage.problem or (
         f"Trend model with a {fit.confidence:.0%} prediction band"
         + (f", academic-year seasonality ({fit.harmonics} harmonics)" if fit and fit.harmonics else "")
@@ -237,51 +232,24 @@ def render_html(inv: Inventory, school: School, data: ReviewData, storage: Stora
                 (f"not logged in for {params.inactive_account_days} days", str(acc.get("inactive", 0)))]
     acc_rows += [(f"account type: {t}", str(n)) for t, n in data.account_types.items()]
 
-    sections = [
-        f"<h1>Capacity review {escape(school.name)}</h1>",
-        (f"<p class='meta'>School code {escape(school.code)} &middot; data of "
-        f"{taken.date().isoformat()} ({escape(data.source)}) &middot; agreement {p.agreement_start} to "
-        f"{p.agreement_end}</p>"),
-        "<h2>Usage</h2>",
-        _table(("figure", "value"), [
-            ("content stored now", _gb(current)),
-            ("alert threshold", _gb(school.alert_bytes)),
-            ("share of the threshold", f"{current / school.alert_bytes:.0%}"),
-            ("files below the school's category (logical, today)", _gb(data.logical_bytes)),
-            ("share of the platform pool", f"{current / p.pool_bytes:.1%} of {_gb(p.pool_bytes)}"),
-        ], ""),
-        "<h2>Growth and forecast</h2>",
-        _table(("figure", "value"), [
-            ("growth", growth_line),
-            ("trend", trend),
-            ("alert threshold reached", _crossing_text(storage.crossing, until)),
-        ], ""),
-        f"<p>{escape(forecast_note)}</p>",
-        f"<div class='chart'>{chart}</div>",
-        f"<h2>Largest courses (top {params.largest_courses})</h2>",
-        _table(("course", "name", "size", "last visit"),
-               [(c.shortname, c.fullname, _gb(c.bytes), _day(c.last_access)) for c in courses],
-               "No course in the school's category."),
-        "<h2>Obsolete content candidates</h2>",
-        f"<h3>Courses not visited for {params.obsolete_after_days} days</h3>",
-        _table(("course", "name", "size", "last visit", "created"),
-               [(c.shortname, c.fullname, _gb(c.bytes), _day(c.last_access), _day(c.timecreated))
-                for c in obsolete], "None."),
-        f"<h3>Recycle-bin items older than {params.recyclebin_older_than_days} days</h3>",
-        _table(("in", "where", "item", "deleted on", "size"),
-               [(b.kind, b.where, b.name, _day(b.timecreated), _gb(b.bytes)) for b in old_bin], "None."),
-        ("<p>Deleting obsolete content is the school's decision; UT keeps no archive "
-        f"and nothing can be recovered after {p.agreement_end}.</p>"),
-        "<h2>Accounts</h2>",
-        _table(("accounts", "count"), acc_rows, ""),
-    ]
-    style = ("body{font-family:sans-serif;max-width:60em;margin:2em auto;color:#222}"
-             "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.25em .6em;"
-             "text-align:left}th{background:#f3f3f3}.meta{color:#555}.empty{color:#777;font-style:italic}"
-             "@media print{.chart{page-break-inside:avoid}}")
-    return ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
-            f"<title>Capacity review {escape(school.name)} {taken.date().isoformat()}</title>"
-            f"<style>{style}</style></head><body>\n" + "\n".join(sections) + "\n</body></html>\n")
+    return _TEMPLATES.get_template("review.html.j2").render(
+        school=school, day=taken.date().isoformat(), source=data.source, agreement_start=p.agreement_start,
+        agreement_end=p.agreement_end, forecast_note=forecast_note, chart=chart,
+        usage=[("content stored now", _gb(current)),
+               ("alert threshold", _gb(school.alert_bytes)),
+               ("share of the threshold", f"{current / school.alert_bytes:.0%}"),
+               ("files below the school's category (logical, today)", _gb(data.logical_bytes)),
+               ("share of the platform pool", f"{current / p.pool_bytes:.1%} of {_gb(p.pool_bytes)}")],
+        growth=[("growth", growth_line), ("trend", trend),
+                ("alert threshold reached", _crossing_text(storage.crossing, until))],
+        largest=params.largest_courses,
+        courses=[(c.shortname, c.fullname, _gb(c.bytes), _day(c.last_access)) for c in courses],
+        obsolete_days=params.obsolete_after_days,
+        obsolete=[(c.shortname, c.fullname, _gb(c.bytes), _day(c.last_access), _day(c.timecreated))
+                  for c in obsolete],
+        bin_days=params.recyclebin_older_than_days,
+        old_bin=[(b.kind, b.where, b.name, _day(b.timecreated), _gb(b.bytes)) for b in old_bin],
+        accounts=acc_rows)
 
 
 def report_name(school: School, taken_at: int) -> str:

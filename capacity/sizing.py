@@ -28,7 +28,7 @@ from moodleops.inventory import Inventory
 
 SCHEMA = "moodleops.loadtest-summary/1"
 # What `moodleops loadtest run` writes (loadtests/summary.py): one run, one point.
-RUN_SCHEMA = "moodleops-loadtest-summary/1"
+RUN_SCHEMA = "moodleops-loadtest-summary/2"
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,7 @@ class LoadSummary:
     requests_per_user_per_minute: float
     p95_by_users: tuple[LoadPoint, ...]
     source: str
+    notes: tuple[str, ...] = ()
 
 
 def _positive(doc: dict[str, Any], key: str, where: str) -> float:
@@ -99,7 +100,7 @@ class Sizing:
 
 
 def size(inv: Inventory, load: LoadSummary, p: SizingParams) -> Sizing:
-    notes: list[str] = []
+    notes: list[str] = list(load.notes)
     population = math.ceil(sum(s.students + s.trainers for s in inv.schools) * (1 + p.population_growth))
     peak_users = math.ceil(population * p.peak_active_ratio)
     demand_rps = peak_users * load.requests_per_user_per_minute / 60
@@ -162,35 +163,67 @@ def to_text(s: Sizing, load: LoadSummary, p: SizingParams) -> str:
     return "\n".join(lines) + "\n"
 
 
-def from_runs(paths: list[Path], php_fpm_workers: int) -> LoadSummary:
+def _peak_workers(doc: dict[str, Any]) -> tuple[int, dict[str, tuple[int, float]]]:
+    """php-fpm workers the pools held during the run's peak window (sum over
+    web nodes of each pool's largest size then), and per node (workers, CPU peak)."""
+    server, peak = doc.get("server") or {}, doc.get("peak_window") or {}
+    lo, hi = float(peak.get("from_s", 0)), float(peak.get("to_s", math.inf))
+    per_node: dict[str, tuple[int, float]] = {}
+    for smp in server.get("samples") or []:
+        if not lo <= float(smp.get("t", -1)) <= hi:
+            continue
+        for node, fpm in (smp.get("php_fpm") or {}).items():
+            w, c = per_node.get(node, (0, 0.0))
+            per_node[node] = (max(w, int(fpm.get("total", 0))), max(c, float((smp.get("cpu") or {}).get(node, 0.0))))
+    return sum(w for w, _ in per_node.values()), per_node
+
+
+def from_runs(paths: list[Path], php_fpm_workers: int | None) -> LoadSummary:
     """A sizing summary from `moodleops loadtest run` summaries (one point per
     run, best several runs at growing --users): p95 vs users from each run's
-    totals; throughput per worker = the highest request rate seen / the tested
-    pool's workers (a lower bound of what a worker sustains); demand per user =
-    the load model's pages per second per concurrent user at its peak."""
-    if php_fpm_workers < 1:
-        raise CapacityError(f"php-fpm workers {php_fpm_workers!r} is not valid (an integer >= 1)")
-    points, best_rps, demand = [], 0.0, None
+    peak window; throughput per worker = the highest peak-window request rate
+    / the php-fpm workers the pools held in that window (sampled by the run;
+    `php_fpm_workers` when the run has no samples) — a lower bound of what a
+    worker sustains; demand per user = the load model's pages per second per
+    concurrent user at its peak. Runs on several web nodes (the multi-host
+    rehearsal) add their per-node figures as notes."""
+    points, best, demand = [], (0.0, 0, ""), None
+    notes: list[str] = []
     for path in paths:
         doc = read_schema_doc(path, RUN_SCHEMA, "load-test run summary", "moodleops loadtest run")
         try:
-            users, totals = float(doc["users"]), doc["totals"]
-            p95, rps = float(totals["p95_ms"]), float(totals["rps"])
+            users = float(doc["users"])
+            window = doc.get("peak_window") or {}
+            figures = window.get("totals") or doc["totals"]
+            p95, rps = float(figures["p95_ms"]), float(figures["rps"])
             model = doc["model"]
             demand = demand or float(model["peak_pages_per_s"]) / float(model["peak_concurrent"]) * 60
         except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
             raise CapacityError(f"{path}: a field is missing or malformed ({exc})") from None
         if users <= 0 or p95 <= 0:
             raise CapacityError(f"{path}: users {users:g} / p95 {p95:g} ms is not valid (a run that sent requests)")
+        workers, per_node = _peak_workers(doc)
+        how = "sampled in its peak window"
+        if workers < 1:
+            if php_fpm_workers is None or php_fpm_workers < 1:
+                raise CapacityError(f"{path}: the run has no php-fpm samples; php-fpm workers "
+                                    f"{php_fpm_workers!r} is not valid (an integer >= 1, --php-fpm-workers)")
+            workers, how = php_fpm_workers, "given"
+        if len(per_node) > 1:
+            notes.append(f"{path.name}: {len(per_node)} web nodes, " + ", ".join(
+                f"{n} {w} workers / CPU peak {c:.0%}" for n, (w, c) in sorted(per_node.items()))
+                + f"; {rps / len(per_node):.2f} req/s per node at the peak")
         points.append(LoadPoint(users, p95))
-        best_rps = max(best_rps, rps)
-    if best_rps <= 0 or not demand:
+        if rps / workers > best[0] or not best[1]:
+            best = (rps / workers, workers, how)
+    if best[0] <= 0 or not demand:
         raise CapacityError(f"{', '.join(map(str, paths))}: no request rate measured (rps 0)")
-    return LoadSummary(php_fpm_workers, best_rps / php_fpm_workers, demand,
-                       tuple(sorted(points, key=lambda p: p.users)), ", ".join(map(str, paths)))
+    notes.append(f"throughput per worker from the peak window over {best[1]} php-fpm workers ({best[2]})")
+    return LoadSummary(best[1], best[0], demand, tuple(sorted(points, key=lambda p: p.users)),
+                       ", ".join(map(str, paths)), tuple(notes))
 
 
-def read_any(paths: list[Path], php_fpm_workers: int) -> LoadSummary:
+def read_any(paths: list[Path], php_fpm_workers: int | None) -> LoadSummary:
     """One sizing summary, or one or more loadtest run summaries."""
     if len(paths) == 1:
         try:

@@ -1,6 +1,7 @@
 """Alertmanager configuration generated from the inventory: a school's storage
 alerts go to that school's referents, pool and exporter alerts to the UT
-sysadmins. Generated, not hand-written, so that a new school or a changed
+sysadmins; security alerts (mass mailing, failed-login bursts: scope=security)
+go to the sysadmins, who hold the runbooks, and to the school's referents. Generated, not hand-written, so that a new school or a changed
 referent is an inventory change."""
 
 from __future__ import annotations
@@ -42,9 +43,13 @@ def alertmanager_config(inv: Inventory, sysadmins: Sequence[str], delivery: Deli
                         group_wait: str = "30s", repeat_interval: str = "24h") -> dict[str, Any]:
     if not sysadmins:
         raise ValueError("no sysadmin address: pool and exporter alerts would go nowhere")
-    routes = [{"receiver": receiver_of(s.code), "matchers": ['scope="school"', f'school="{s.code}"'],
-               "group_by": ["alertname", "school"], "continue": False}
-              for s in inv.schools]
+    # The sysadmins' copy of a security alert first, then on to the school's route.
+    security = {"receiver": SYSADMINS, "matchers": ['scope="security"'],
+                "group_by": ["alertname", "school", "username"], "continue": True}
+    routes = [security, *({"receiver": receiver_of(s.code), "matchers": ['scope=~"school|security"',
+                                                                        f'school="{s.code}"'],
+                           "group_by": ["alertname", "school"], "continue": False}
+                          for s in inv.schools)]
     cfg: dict[str, Any] = {
         "route": {"receiver": SYSADMINS, "group_by": ["alertname", "instance"], "group_wait": group_wait,
                   "group_interval": "5m", "repeat_interval": repeat_interval, "routes": routes},

@@ -7,16 +7,30 @@ with the database's sorted hashes in one pass and constant memory: blobs with
 no row are orphans, rows with no blob are missing content.
 
 Only names matching ^[0-9a-f]{40}$ are blobs: warning.txt, jackpot/ and the
-<hash>.tmp files of interrupted writes are skipped."""
+<hash>.tmp files of interrupted writes are skipped.
+
+Every filesystem call goes through WalkProgress.call, which records which call
+is running since when: a watchdog (storage_disk) reports a hung network
+filesystem as a stuck walk instead of waiting for ever, and the walk's progress
+is readable at any time.
+
+Incremental walk (WalkCache): what the last walk saw in each ab/cd directory,
+with that directory's mtime. A directory whose mtime did not change since is not
+listed again (adding or removing a blob changes it; blobs are never rewritten in
+place); a full walk, on a schedule, lists everything."""
 
 from __future__ import annotations
 
 import os
 import re
+import stat
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from moodleops.exporters.storage_model import FiledirStats
 
 _HASH = re.compile(r"^[0-9a-f]{40}$")
@@ -32,48 +46,202 @@ class Blob:
     mtime: float
 
 
-def _sorted_entries(path: Path, errors: list[str]) -> list[os.DirEntry[str]]:
+class WalkProgress:
+    """Where the disk part is: read by a watchdog thread while the walk runs (plain
+    attributes: one writer, readers tolerate a value one step old)."""
+
+    def __init__(self) -> None:
+        self.phase = "idle"
+        self.call_started = 0.0        # time.monotonic() when the running call began; 0: none
+        self.call_path = ""
+        self.ratio = 0.0               # share of the ab/cd directory space already walked
+        self.dirs_listed = 0
+        self.dirs_reused = 0
+        self.blobs = 0
+
+    @contextmanager
+    def call(self, path: object) -> Iterator[None]:
+        self.call_path = str(path)
+        self.call_started = time.monotonic()
+        try:
+            yield
+        finally:
+            self.call_started = 0.0
+
+    def running_for(self, now: float | None = None) -> float:
+        started = self.call_started
+        return 0.0 if not started else (time.monotonic() if now is None else now) - started
+
+
+def _sorted_entries(path: Path, errors: list[str], progress: WalkProgress) -> list[os.DirEntry[str]]:
     try:
-        with os.scandir(path) as it:
+        with progress.call(path), os.scandir(path) as it:
             return sorted(it, key=lambda e: e.name)
     except OSError as exc:
         errors.append(f"{path}: {exc.strerror or exc}")
         return []
 
 
-def walk_filedir(filedir: Path, errors: list[str]) -> Iterator[Blob]:
+_CACHED = np.dtype([("h", "S20"), ("s", "<i8"), ("m", "<f8")])
+_DIRS = np.dtype([("mtime_ns", "<i8"), ("listed_ns", "<i8"), ("offset", "<i8"), ("count", "<i8")])
+# A directory modified this close to its listing may have changed in the same mtime tick.
+_MTIME_SLACK_NS = 2_000_000_000
+
+
+class WalkCache:
+    """The last walk, per ab/cd directory (index int(abcd, 16)): its mtime, when it was
+    listed, and its blobs (hash, size, mtime) in a flat file in hash order. Written next to
+    `path` and renamed into place at the end, so a killed walk leaves the previous one."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._dirs_file = Path(f"{path}.dirs.npz")
+        self._blobs_file = Path(f"{path}.blobs")
+        self.dirs = np.zeros(65536, dtype=_DIRS)
+        self.dirs["offset"] = -1
+        self._old: np.ndarray | None = None
+        self._old_blobs = None
+        try:
+            with np.load(self._dirs_file) as saved:
+                old, token = saved["dirs"], saved["token"].tobytes()
+            # Read forward only, through a large buffer: one small read per directory.
+            blobs = open(self._blobs_file, "rb", buffering=4 << 20)   # noqa: SIM115 - closed in finish
+            # The index and the blobs must be of the same walk (a crash between the two
+            # renames would pair them wrongly): both carry the walk's random token.
+            if old.dtype == _DIRS and len(old) == 65536 and blobs.read(16) == token:
+                self._old_blobs, self._old = blobs, old
+            else:
+                blobs.close()
+        except (OSError, ValueError, KeyError):
+            self._old = None
+        self._token = os.urandom(16)
+        self._new_blobs = open(f"{self._blobs_file}.new", "wb", buffering=4 << 20)   # noqa: SIM115 - closed in finish
+        self._new_blobs.write(self._token)
+        self._written = 0
+
+    @property
+    def has_previous(self) -> bool:
+        return self._old is not None
+
+    def reuse(self, index: int, mtime_ns: int) -> list[Blob] | None:
+        """The blobs the last walk saw in directory `index`, if it cannot have changed."""
+        old = self._old
+        if old is None or self._old_blobs is None:
+            return None
+        d = old[index]
+        if d["offset"] < 0 or d["mtime_ns"] != mtime_ns or mtime_ns >= d["listed_ns"] - _MTIME_SLACK_NS:
+            return None
+        want = 16 + int(d["offset"]) * _CACHED.itemsize
+        if self._old_blobs.tell() != want:
+            self._old_blobs.seek(want)
+        raw = self._old_blobs.read(int(d["count"]) * _CACHED.itemsize)
+        if len(raw) != int(d["count"]) * _CACHED.itemsize:
+            return None
+        rec = np.frombuffer(raw, dtype=_CACHED)
+        hexes = rec["h"].tobytes().hex()
+        return [Blob(hexes[40 * i:40 * i + 40], s, m)
+                for i, (s, m) in enumerate(zip(rec["s"].tolist(), rec["m"].tolist(), strict=True))]
+
+    def listed_ns(self, index: int) -> int:
+        return int(self._old["listed_ns"][index]) if self._old is not None else 0
+
+    def record(self, index: int, mtime_ns: int, listed_ns: int, blobs: list[Blob]) -> None:
+        rec = np.empty(len(blobs), dtype=_CACHED)
+        if blobs:
+            rec["h"] = np.frombuffer(bytes.fromhex("".join(b.hash for b in blobs)), dtype="S20")
+            rec["s"] = [b.size for b in blobs]
+            rec["m"] = [b.mtime for b in blobs]
+        self._new_blobs.write(rec.tobytes())
+        self.dirs[index] = (mtime_ns, listed_ns, self._written, len(blobs))
+        self._written += len(blobs)
+
+    def finish(self, complete: bool) -> None:
+        """Keep the new state (complete walk) or the previous one (interrupted)."""
+        self._new_blobs.close()
+        if self._old_blobs is not None:
+            self._old_blobs.close()
+        new = Path(f"{self._blobs_file}.new")
+        if not complete:
+            new.unlink(missing_ok=True)
+            return
+        tmp_dirs = Path(f"{self._dirs_file}.new")
+        with open(tmp_dirs, "wb") as out:
+            np.savez(out, dirs=self.dirs, token=np.frombuffer(self._token, dtype=np.uint8))
+        os.replace(new, self._blobs_file)
+        os.replace(tmp_dirs, self._dirs_file)
+
+
+def _list_blobs(l2: Path, prefix: str, errors: list[str], progress: WalkProgress) -> list[Blob]:
+    out: list[Blob] = []
+    for entry in _sorted_entries(l2, errors, progress):
+        name = entry.name
+        if not _HASH.match(name):
+            continue
+        if not name.startswith(prefix):
+            errors.append(f"{entry.path}: blob in the wrong directory")
+            continue
+        try:
+            with progress.call(entry.path):
+                st = entry.stat()
+        except OSError as exc:
+            errors.append(f"{entry.path}: {exc.strerror or exc}")
+            continue
+        out.append(Blob(name, st.st_size, st.st_mtime))
+    return out
+
+
+def walk_filedir(filedir: Path, errors: list[str], progress: WalkProgress | None = None,
+                 cache: WalkCache | None = None, full: bool = True) -> Iterator[Blob]:
     """Yield the blobs of `filedir` in ascending hash order. Entries that cannot
     be read are appended to `errors` (path: reason) and skipped: one bad
-    directory must not hide the rest of the pool."""
-    if not filedir.is_dir():
+    directory must not hide the rest of the pool. With `cache` and not `full`,
+    directories unchanged since the last walk are not listed again."""
+    progress = progress or WalkProgress()
+    with progress.call(filedir):
+        is_dir = filedir.is_dir()
+    if not is_dir:
         errors.append(f"{filedir}: not a directory")
         return
-    for l1 in _sorted_entries(filedir, errors):
+    reuse = cache is not None and not full
+    for l1 in _sorted_entries(filedir, errors, progress):
         if not _LEVEL.match(l1.name):
             continue
-        if not l1.is_dir(follow_symlinks=False):
+        with progress.call(l1.path):
+            l1_is_dir = l1.is_dir(follow_symlinks=False)
+        if not l1_is_dir:
             errors.append(f"{l1.path}: not a directory")
             continue
-        for l2 in _sorted_entries(Path(l1.path), errors):
+        for l2 in _sorted_entries(Path(l1.path), errors, progress):
             if not _LEVEL.match(l2.name):
                 continue
-            if not l2.is_dir(follow_symlinks=False):
+            prefix = l1.name + l2.name
+            index = int(prefix, 16)
+            progress.ratio = index / 65536
+            try:
+                with progress.call(l2.path):
+                    st = l2.stat(follow_symlinks=False)
+            except OSError as exc:
+                errors.append(f"{l2.path}: {exc.strerror or exc}")
+                continue
+            if not stat.S_ISDIR(st.st_mode):
                 errors.append(f"{l2.path}: not a directory")
                 continue
-            prefix = l1.name + l2.name
-            for entry in _sorted_entries(Path(l2.path), errors):
-                name = entry.name
-                if not _HASH.match(name):
-                    continue
-                if not name.startswith(prefix):
-                    errors.append(f"{entry.path}: blob in the wrong directory")
-                    continue
-                try:
-                    st = entry.stat()
-                except OSError as exc:
-                    errors.append(f"{entry.path}: {exc.strerror or exc}")
-                    continue
-                yield Blob(name, st.st_size, st.st_mtime)
+            blobs = cache.reuse(index, st.st_mtime_ns) if reuse and cache is not None else None
+            if blobs is None:
+                listed_ns = time.time_ns()
+                n_errors = len(errors)
+                blobs = _list_blobs(Path(l2.path), prefix, errors, progress)
+                progress.dirs_listed += 1
+                if cache is not None and len(errors) == n_errors:
+                    cache.record(index, st.st_mtime_ns, listed_ns, blobs)
+            else:
+                progress.dirs_reused += 1
+                if cache is not None:
+                    cache.record(index, st.st_mtime_ns, cache.listed_ns(index), blobs)
+            for b in blobs:
+                progress.blobs += 1
+                yield b
+    progress.ratio = 1.0
 
 
 def in_trash(trashdir: Path, contenthash: str) -> bool:
@@ -87,11 +255,13 @@ class FiledirMerge:
     advancing the filedir walk; `finish` drains the walk. Blobs newer than
     `cutoff` (unix time) are never orphans: their row may not be committed yet."""
 
-    def __init__(self, filedir: Path, trashdir: Path, cutoff: float) -> None:
+    def __init__(self, filedir: Path, trashdir: Path, cutoff: float, progress: WalkProgress | None = None,
+                 cache: WalkCache | None = None, full: bool = True) -> None:
         self.stats = FiledirStats()
         self._trashdir = trashdir
         self._cutoff = cutoff
-        self._walk = walk_filedir(filedir, self.stats.errors)
+        self._progress = progress or WalkProgress()
+        self._walk = walk_filedir(filedir, self.stats.errors, self._progress, cache, full)
         self._head: Blob | None = next(self._walk, None)
         self._count(self._head)
 
@@ -119,45 +289,55 @@ class FiledirMerge:
             self._advance()
         if self._head is not None and self._head.hash == contenthash:
             self._advance()
-        elif in_trash(self._trashdir, contenthash):
+        elif self._in_trash(contenthash):
             self.stats.missing_in_trash += 1
         else:
             self.stats.missing_blobs += 1
             self.stats.missing_bytes += size
 
+    def _in_trash(self, contenthash: str) -> bool:
+        with self._progress.call(self._trashdir):
+            return in_trash(self._trashdir, contenthash)
+
     def finish(self) -> FiledirStats:
         while self._head is not None:
             self._unreferenced(self._head)
             self._advance()
+        self.stats.dirs_listed = self._progress.dirs_listed
+        self.stats.dirs_reused = self._progress.dirs_reused
         return self.stats
 
 
-def dir_size(path: Path) -> int:
+def dir_size(path: Path, progress: WalkProgress | None = None) -> int:
     """Apparent size (bytes) of every regular file under `path`; 0 if absent.
     Unreadable parts are skipped: these are informative sizes, not the pool."""
+    progress = progress or WalkProgress()
     total = 0
     stack = [path]
     while stack:
         current = stack.pop()
         try:
-            with os.scandir(current) as it:
-                for entry in it:
-                    try:
-                        if entry.is_dir(follow_symlinks=False):
-                            stack.append(Path(entry.path))
-                        elif entry.is_file(follow_symlinks=False):
-                            total += entry.stat(follow_symlinks=False).st_size
-                    except OSError:
-                        continue
+            with progress.call(current), os.scandir(current) as it:
+                entries = list(it)
         except OSError:
             continue
+        for entry in entries:
+            try:
+                with progress.call(entry.path):
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(Path(entry.path))
+                    elif entry.is_file(follow_symlinks=False):
+                        total += entry.stat(follow_symlinks=False).st_size
+            except OSError:
+                continue
     return total
 
 
-def filesystem_usage(path: Path) -> tuple[int, int, int] | None:
+def filesystem_usage(path: Path, progress: WalkProgress | None = None) -> tuple[int, int, int] | None:
     """(capacity, used, available) bytes of the filesystem holding `path`."""
     try:
-        st = os.statvfs(path)
+        with (progress or WalkProgress()).call(path):
+            st = os.statvfs(path)
     except OSError:
         return None
     capacity = st.f_blocks * st.f_frsize

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import io
 import json
 import logging
@@ -11,14 +12,16 @@ import re
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-from moodleops.exporters.storage_config import config_from_inventory
+from moodleops.exporters.storage_config import ask_paths, config_from_inventory, paths_source
 from moodleops.exporters.storage_drilldown import Node, drilldown
-from moodleops.exporters.storage_exporter import PoolPolicy, StorageExporter
-from moodleops.exporters.storage_model import BUCKETS, SCHOOL, ScanResult
-from moodleops.exporters.storage_scan import ScanError, scan
+from moodleops.exporters.storage_exporter import PoolPolicy, ScanEvents, StorageExporter, run_scan
+from moodleops.exporters.storage_model import BUCKETS, SCHOOL, ScanResult, StoragePaths
+from moodleops.exporters.storage_scan import ScanError
 
 from moodleops.commands import add_area, add_command
 from moodleops.inventory import Inventory, load_inventory
@@ -67,9 +70,11 @@ reads every directory of the pool and can take long on NFS.""",
         epilog="""\
 exit status:
   0  every school is under its threshold and the scan found nothing wrong
-  1  a school is over its threshold, a school's category is missing, the
-     filedir walk hit unreadable entries, or the database could not be read
+  1  a school is over its threshold, a school's category is missing or moved
+     under another category, the filedir walk hit unreadable entries or a
+     filesystem call hung
   2  usage error (e.g. an unknown school code), or the inventory is invalid
+  4  the database could not be read (down, password, grant, statement timeout)
 
 examples:
   moodleops storage report
@@ -113,6 +118,14 @@ examples:
                        help="time between two scans (default: %(default)s)")
     serve.add_argument("--walk-interval", type=float, default=86400.0, metavar="SECONDS",
                        help="time between two filedir walks (default: %(default)s)")
+    serve.add_argument("--full-walk-interval", type=float, default=7 * 86400.0, metavar="SECONDS",
+                       help="time between two full walks; walks in between list only the ab/cd "
+                            "directories that changed (needs --walk-state; default: %(default)s)")
+    serve.add_argument("--walk-state", type=Path, metavar="FILE",
+                       help="where the incremental walk keeps what the last walk saw (without it: always full)")
+    serve.add_argument("--fs-timeout", type=float, default=120.0, metavar="SECONDS",
+                       help="a filesystem call longer than this abandons the walk, reported stuck "
+                            "(default: %(default)s)")
     serve.add_argument("--no-walk", action="store_true", help="never walk filedir")
     serve.set_defaults(run=run_serve)
 
@@ -171,8 +184,10 @@ def run_report(args: argparse.Namespace) -> int:
             return 0
         print(f"scanning {cfg.db.describe()}{' and ' + str(cfg.paths.filedir) if args.walk else ''} ...",
               file=sys.stderr)
-        result = scan(cfg)
+        result = run_scan(cfg, ScanEvents(on_db=_said_db, on_progress=_Progress()))
     except ScanError as exc:
+        if exc.__cause__ is not None:
+            raise   # the database's fault: one line and status 4 from the top-level command
         return _error(str(exc), 1)
     for w in result.warnings:
         print(f"warning: {w}", file=sys.stderr)
@@ -181,7 +196,26 @@ def run_report(args: argparse.Namespace) -> int:
     walk_errors = result.pool.filedir.errors if result.pool.filedir else []
     for e in walk_errors[:20]:
         print(f"warning: filedir: {e}", file=sys.stderr)
-    return 1 if over or result.missing_schools or walk_errors else 0
+    misplaced = [c for c in result.category_problems if c.problem != "renamed"]
+    return 1 if over or misplaced or walk_errors else 0
+
+
+def _said_db(r: ScanResult) -> None:
+    print(f"database read in {r.db_duration_s:.1f} s (transaction closed); now the disk ...", file=sys.stderr)
+
+
+class _Progress:
+    """A line on stderr every 10 s while the disk part runs."""
+
+    def __init__(self) -> None:
+        self._last = 0.0
+
+    def __call__(self, p: dict[str, Any]) -> None:
+        now = time.monotonic()
+        if now - self._last >= 10:
+            self._last = now
+            print(f"  {p.get('phase')}: {100 * float(p.get('ratio', 0)):.0f} % of filedir, "
+                  f"{p.get('blobs', 0)} blobs, {p.get('dirs_listed', 0)} directories listed", file=sys.stderr)
 
 
 def report_dict(r: ScanResult, inv: Inventory) -> dict[str, Any]:
@@ -193,13 +227,18 @@ def report_dict(r: ScanResult, inv: Inventory) -> dict[str, Any]:
                         "accounts_active": acc.active if acc else 0,
                         "accounts_suspended": acc.suspended if acc else 0,
                         "accounts_hosted_expiring": acc.hosted_expiring if acc else None,
-                        "missing_category": s.code in r.missing_schools})
+                        "missing_category": s.code in r.missing_schools,
+                        "category_problems": [c.problem for c in r.category_problems if c.school == s.code],
+                        "course_backups": sum(1 for bk in r.backups if bk.school == s.code),
+                        "course_backup_bytes": sum(bk.size for bk in r.backups if bk.school == s.code)})
     others = [{"bucket": k, **vars(r.bucket(k)).copy()} for k in BUCKETS if k != SCHOOL]
     pool = vars(r.pool).copy()
     pool["filedir"] = vars(r.pool.filedir).copy() if r.pool.filedir else None
     return {"scanned_at": r.started_at, "duration_s": round(r.duration_s, 3), "schools": schools,
             "buckets": others, "pool": pool, "hosted_expiry": r.hosted_expiry.isoformat(),
             "unmapped_categories": [vars(c) for c in r.unmapped_categories],
+            "category_problems": [vars(c) for c in r.category_problems],
+            "course_backups": [vars(b) for b in r.backups],
             "inconsistent_hashes": r.inconsistent_hashes, "warnings": r.warnings}
 
 
@@ -227,7 +266,8 @@ def render_report(r: ScanResult, inv: Inventory, fmt: str) -> str:
     rows: list[tuple[str, ...]] = []
     for s in d["schools"]:
         hosted = s["accounts_hosted_expiring"]
-        rows.append((s["school"] + (" (no category!)" if s["missing_category"] else ""), str(s["files"]),
+        mark = f" (category {'/'.join(s['category_problems'])}!)" if s["category_problems"] else ""
+        rows.append((s["school"] + mark, str(s["files"]),
                      gb(s["logical_bytes"]), gb(s["unique_bytes"]), gb(s["exclusive_bytes"]),
                      gb(s["apportioned_bytes"]), gb(s["alert_bytes"]),
                      f"{100 * s['unique_bytes'] / s['alert_bytes']:.1f}", str(s["accounts_active"]),
@@ -248,6 +288,19 @@ def render_report(r: ScanResult, inv: Inventory, fmt: str) -> str:
         lines.append(f"filedir: {f.blobs} blobs, {gb(f.bytes)} GB; orphans {f.orphan_blobs} "
                      f"({gb(f.orphan_bytes)} GB); missing {f.missing_blobs} ({gb(f.missing_bytes)} GB); "
                      f"{len(f.errors)} unreadable entries")
+    ext = [(b["bucket"], b["external_refs"], b["external_claimed_bytes"]) for b in d["buckets"]]
+    ext += [(f"school {s['school']}", s["external_refs"], s["external_claimed_bytes"]) for s in d["schools"]]
+    if any(n for _, n, _ in ext):
+        lines.append("external references (aliases to external repositories, not stored, not counted above): "
+                     + ", ".join(f"{w} {n} claiming {gb(c)} GB" for w, n, c in ext if n))
+    if r.backups:
+        lines.append("course backups tied to their course's school (counted in that school when in a "
+                     "user's backup area; automated ones are outside the pool):")
+        for bk in r.backups:
+            lines.append(f"  {bk.school or '(no school)'}  course {bk.course_id}  {bk.where}  {bk.name}  "
+                         f"{bk.size / 1e6:.1f} MB")
+    for c in r.category_problems:
+        lines.append(f"category {c.problem}: {c.detail}")
     lines.append(f"hosted accounts expire on {r.hosted_expiry.isoformat()}; scan took {r.duration_s:.1f} s")
     return "\n".join(lines) + "\n"
 
@@ -301,19 +354,28 @@ def run_serve(args: argparse.Namespace) -> int:
         host, port = parse_listen(args.listen)
     except ValueError as exc:
         return _error(str(exc))
-    for name in ("interval", "walk_interval"):
+    for name in ("interval", "walk_interval", "full_walk_interval", "fs_timeout"):
         if getattr(args, name) < 10:
             return _error(f"--{name.replace('_', '-')} {getattr(args, name)} is not valid (at least 10 seconds)")
+    if args.walk_state is not None and not args.walk_state.parent.is_dir():
+        return _error(f"--walk-state {args.walk_state}: directory {args.walk_state.parent} does not exist")
     inv = load_inventory(args.inventory)
     try:
-        cfg, notes = config_from_inventory(inv, site_of(inv), walk_filedir=not args.no_walk)
+        site = site_of(inv)
+        got, notes = ask_paths(site)
+        cfg, more = config_from_inventory(inv, site, paths=got or StoragePaths.defaults(site.dataroot),
+                                          walk_filedir=not args.no_walk)
+        notes += more
+        cfg = dataclasses.replace(cfg, walk_state=args.walk_state, fs_call_timeout_s=args.fs_timeout)
     except (SiteError, ValueError) as exc:
         return _error(str(exc))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     for n in notes:
         logging.getLogger("moodleops.storage").warning("%s", n)
     exporter = StorageExporter(cfg, PoolPolicy(inv.platform.pool_warning_ratio, inv.platform.pool_critical_ratio),
-                               interval_s=args.interval, walk_interval_s=args.walk_interval)
+                               interval_s=args.interval, walk_interval_s=args.walk_interval,
+                               full_walk_interval_s=args.full_walk_interval,
+                               paths_source=None if got is not None else paths_source(site))
     try:
         exporter.serve(host, port)
     except OSError as exc:

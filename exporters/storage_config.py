@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from moodleops.exporters.storage_model import (
@@ -13,6 +13,7 @@ from moodleops.exporters.storage_model import (
     StoragePaths,
 )
 
+from moodleops.errors import UsageError
 from moodleops.inventory import Inventory
 from moodleops.moodle import MoodleCLI, MoodleError
 from moodleops.site import Site
@@ -20,7 +21,7 @@ from moodleops.site import Site
 
 def schools_of(inv: Inventory) -> tuple[SchoolSpec, ...]:
     return tuple(SchoolSpec(code=s.code, category_idnumber=s.category_idnumber,
-                            cohort_idnumber=s.cohort_idnumber, alert_bytes=s.alert_bytes)
+                            cohort_idnumber=s.cohort_idnumber, alert_bytes=s.alert_bytes, name=s.name)
                  for s in inv.schools)
 
 
@@ -33,13 +34,26 @@ def moodle_paths(site: Site) -> tuple[StoragePaths, list[str]]:
     """Data directories as Moodle resolves them (a relocated filedir included),
     through the storage_paths helper; Moodle's defaults under the inventory's
     dataroot when Moodle cannot be asked (e.g. the exporter on a host without PHP)."""
+    got, notes = ask_paths(site)
+    if got is None:
+        return StoragePaths.defaults(site.dataroot), notes
+    return got, notes
+
+
+def paths_source(site: Site) -> Callable[[], StoragePaths | None]:
+    """Asks Moodle for its data paths again (None while it still cannot answer)."""
+    return lambda: ask_paths(site)[0]
+
+
+def ask_paths(site: Site) -> tuple[StoragePaths | None, list[str]]:
+    """Moodle's answer, or None (with a note) when it cannot be asked now."""
     notes: list[str] = []
     try:
         got = MoodleCLI(site).tool("storage_paths", timeout=60)
     except (MoodleError, OSError) as exc:
         notes.append(f"could not ask Moodle for its data paths ({' '.join(str(exc).split())[:200]}); "
-                     f"using the defaults under {site.dataroot}")
-        return StoragePaths.defaults(site.dataroot), notes
+                     f"using the defaults under {site.dataroot} until it answers")
+        return None, notes
     if got.get("alternative_file_system_class"):
         notes.append(f"Moodle uses {got['alternative_file_system_class']}: filedir holds only local "
                      "objects, missing blobs are expected")
@@ -54,7 +68,8 @@ def account_policy(inv: Inventory) -> AccountPolicy:
     return AccountPolicy(method=p.membership_method, membership_field=p.membership_profile_field,
                          type_field=p.accounts.account_type_field, hosted_types=p.accounts.hosted_types,
                          hosted_expiry_month=p.accounts.hosted_expiry.month,
-                         hosted_expiry_day=p.accounts.hosted_expiry.day)
+                         hosted_expiry_day=p.accounts.hosted_expiry.day,
+                         type_source=p.accounts.account_type_source, hosted_pattern=p.accounts.hosted_pattern)
 
 
 def config_from_inventory(inv: Inventory, site: Site, *, paths: StoragePaths | None = None,
@@ -65,5 +80,15 @@ def config_from_inventory(inv: Inventory, site: Site, *, paths: StoragePaths | N
         paths, notes = moodle_paths(site)
     cfg = ScanConfig(db=db or ro_target(site), schools=tuple(schools or schools_of(inv)), paths=paths,
                      pool_bytes=inv.platform.pool_bytes, accounts=account_policy(inv),
-                     walk_filedir=walk_filedir)
+                     walk_filedir=walk_filedir,
+                     statement_timeout_s=statement_timeout_s(inv))
     return cfg, notes
+
+
+def statement_timeout_s(inv: Inventory) -> float:
+    """storage_statement_timeout_s of group_vars (default 600): the longest statement a scan may run."""
+    value = inv.vars.get("storage_statement_timeout_s", 600.0)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise UsageError(f"{inv.env_dir / 'group_vars' / 'all.yml'}: storage_statement_timeout_s: {value!r} is "
+                         "not valid (a number of seconds > 0)")
+    return float(value)

@@ -11,7 +11,7 @@ from typing import Any
 
 import psycopg
 from moodleops.exporters.storage_model import ScanConfig, SchoolSpec
-from moodleops.exporters.storage_scan import ScanError, _oneline, connect
+from moodleops.exporters.storage_scan import EMPTY_HASH, ScanError, _oneline, connect
 
 CONTEXT_COURSECAT, CONTEXT_COURSE = 40, 50
 
@@ -53,10 +53,10 @@ def drilldown(cfg: ScanConfig, school: SchoolSpec) -> Node:
             cur.execute(f"""SELECT cc.id, cc.name, ctx.path FROM {p}course_categories cc
                               JOIN {p}context ctx ON ctx.contextlevel = {CONTEXT_COURSECAT}
                                               AND ctx.instanceid = cc.id
-                             WHERE cc.idnumber = %s AND cc.parent = 0""", (school.category_idnumber,))
+                             WHERE cc.idnumber = %s""", (school.category_idnumber,))
             row = cur.fetchone()
             if row is None:
-                raise ScanError(f"school {school.code}: no top-level category with idnumber "
+                raise ScanError(f"school {school.code}: no category with idnumber "
                                 f"{school.category_idnumber!r} in Moodle")
             root = Node(key=f"school:{school.code}", name=str(row[1]))
             top_path = str(row[2])
@@ -71,9 +71,9 @@ def drilldown(cfg: ScanConfig, school: SchoolSpec) -> Node:
                              WHERE ctx.path = %s OR ctx.path LIKE %s""", (top_path, like))
             contexts = {int(r[0]): (str(r[1]), int(r[2]), int(r[3]), r[4]) for r in cur.fetchall()}
             cur.execute(f"""SELECT f.contextid, f.contenthash, f.filesize FROM {p}files f
-                             WHERE f.contextid = ANY(%s) AND f.filesize > 0
+                             WHERE f.contextid = ANY(%s) AND f.filesize > 0 AND f.contenthash <> %s
                                AND NOT (f.component = 'user' AND f.filearea = 'draft')""",
-                        (list(contexts),))
+                        (list(contexts), EMPTY_HASH))
             rows = cur.fetchall()
     except psycopg.Error as exc:
         raise ScanError(f"drill-down of {school.code} failed: {_oneline(exc)}") from exc
@@ -82,7 +82,7 @@ def drilldown(cfg: ScanConfig, school: SchoolSpec) -> Node:
 
     placement: dict[int, tuple[str, str, str, str]] = {}
     for ctxid, (path, _level, _inst, _name) in contexts.items():
-        ids = [int(x) for x in path.strip("/").split("/")[2:]]   # below the top-level category
+        ids = [int(x) for x in path[len(top_path):].strip("/").split("/") if x]   # below the school's category
         year_key, year_name = "year:-", "(directly in the school category)"
         course_key, course_name = "category-files", "(category-level files: recycle bin, question banks)"
         if ids:

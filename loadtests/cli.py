@@ -10,12 +10,43 @@ from pathlib import Path
 
 from moodleops.loadtests import fixture as fx
 from moodleops.loadtests.model import SHAPES, Population, load_model, shape_load
-from moodleops.loadtests.runner import MAX_USERS_WITHOUT_FORCE, RunRequest, run
+from moodleops.loadtests.runner import (
+    MAX_USERS_WITHOUT_FORCE,
+    LocustFailed,
+    RunRequest,
+    fixture_size,
+    make_plan,
+    run,
+)
+from moodleops.loadtests.ssh import SshOptions, WorkerHostError
 
 from moodleops.commands import add_area, add_command
+from moodleops.faults import moodle_http_preflight
 from moodleops.inventory import load_inventory
-from moodleops.moodle import MoodleCLI, MoodleError
+from moodleops.moodle import MoodleCLI
 from moodleops.site import site_of
+
+# Exit statuses of `moodleops loadtest run` (one table, for the CLI's central one).
+EXIT_PASS = 0            # every SLO held and every page type ran enough
+EXIT_SLO_FAILED = 1      # an SLO was violated
+EXIT_USAGE = 2           # bad option, refused target/inventory, no or too small a fixture
+EXIT_INCONCLUSIVE = 8    # nothing violated, but a page type the shape plays ran too rarely to judge
+EXIT_RUN_FAILED = 4      # Locust itself failed (exit status, no statistics, timeout), SSH to a worker host failed
+RUN_EXIT_STATUS = {
+    EXIT_PASS: "the run held every SLO (peak-window p95 per page type, error rate) with every page type judged",
+    EXIT_SLO_FAILED: "an SLO was violated (listed on stdout)",
+    EXIT_USAGE: "bad option, non-loopback target without --force-production, no fixture, or a fixture with "
+                "fewer accounts than the shape's concurrent sessions",
+    EXIT_INCONCLUSIVE: "INCONCLUSIVE: no SLO violated, but a page type of the shape ran fewer than "
+                       "run.min_requests_per_page times after warm-up (listed); run longer or with more users",
+    EXIT_RUN_FAILED: "the load test itself failed (Locust's exit status, no statistics, a worker host "
+                     "unreachable over SSH), or Moodle over HTTP refused, answered 5xx or is in maintenance "
+                     "before it started (one line on stderr, nothing run)",
+}
+
+
+def _exit_table() -> str:
+    return "exit status:\n" + "\n".join(f"  {code}  {text}" for code, text in RUN_EXIT_STATUS.items())
 
 
 def _positive_int(text: str) -> int:
@@ -86,14 +117,19 @@ examples:
 Create, through Moodle's testing data generator (moodleops/php/loadtest_fixture.php),
 a category and course named after PREFIX with a forum and a discussion, a quiz of
 true/false questions, an assignment taking one file and a file resource, plus
-PREFIXs0001.. student and PREFIXt0001.. trainer accounts enrolled in it. The ids
+PREFIXs0001.. student and PREFIXt0001.. trainer accounts enrolled in it;
+--courses courses are spread over the categories of as many schools of the
+inventory, each with its own forum, quiz, assignment and a course document
+whose size is drawn from the model's file sizes (loadmodel.yml files:).
+--for-shape sizes the accounts from the model: at least the concurrent
+sessions of that shape's peak per role (a run refuses fewer). The ids
 and the accounts' random password are recorded in FIXTURE_DIR/PREFIX.json (0600).
 If anything fails, what was created is removed again.""",
                        epilog="""\
 exit status:
   0  prepared
-  1  Moodle refused (message on stderr)
   2  bad option, invalid inventory, or an inventory that is not loopback-only
+  4  Moodle (its PHP CLI) failed: one line on stderr
 
 examples:
   moodleops loadtest prepare --prefix lt2025a --students 150 --trainers 10""")
@@ -102,6 +138,12 @@ examples:
     prep.add_argument("--students", type=_positive_int, default=30)
     prep.add_argument("--trainers", type=_positive_int, default=3)
     prep.add_argument("--questions", type=_positive_int, default=5, help="quiz questions, one per page")
+    prep.add_argument("--courses", type=_positive_int, default=3,
+                      help="courses, spread over as many of the inventory's schools (default: 3)")
+    prep.add_argument("--for-shape", choices=SHAPES, metavar="NAME", default=None,
+                      help="at least the accounts that shape needs at its peak (with --users and --workers)")
+    prep.add_argument("--users", type=_positive_int, default=None, help="with --for-shape: the peak users")
+    prep.add_argument("--workers", type=int, default=0, help="with --for-shape: the Locust workers")
     prep.add_argument("--force-production", action="store_true", help=force_help)
     prep.add_argument("--fixture-dir", type=Path, default=None,
                       help="where fixture records live (default: <moodleops_state_dir>/loadtests)")
@@ -127,8 +169,8 @@ carrying the fixture's marker are touched.""",
                         epilog="""\
 exit status:
   0  listed (dry run) or removed
-  1  Moodle refused
   2  bad option, or an inventory that is not loopback-only
+  4  Moodle (its PHP CLI) failed: one line on stderr
 
 examples:
   moodleops loadtest cleanup --prefix lt2025a
@@ -144,20 +186,25 @@ examples:
 Play one calendar shape of the model with Locust (FastHttpUser, real Moodle
 flows with content checks) against the target, headless, for --duration wall
 seconds. The scenario's natural length is compressed into that duration
-(a 24 h weekday in 600 s runs at x144); think times keep their real length
-unless --think-scale shrinks them. --users is the peak number of simulated
-users (concurrent sessions); default: the model's peak for the population.
+(a 24 h weekday in 600 s runs at x144), and so are think times, so whole
+sessions fit and the page mix stays the model's (each user then requests
+x144 faster than a person: choose --users for the load you want).
+--think-scale multiplies think times further. --users is the peak number of
+simulated users (concurrent sessions); default: the model's peak for the
+population. The fixture needs at least as many accounts per role as the
+peak's concurrent sessions. Warm-up is left out; the p95 judged is the
+busiest window's; php-fpm, PostgreSQL and CPU are sampled into the summary.
+
+With --workers N and load-generator hosts in the inventory that are not this
+machine, the workers are started there over SSH (same checkout at the same
+path; --ssh-* options).
 
 Writes into the results directory: plan.json, locust_stats.csv (+ failures,
 exceptions, history), report.html and summary.json (schema
 moodleops-loadtest-summary/1, see docs/loadtests.md), then prints the verdict.
 
 shapes: {", ".join(SHAPES)}""",
-                    epilog="""\
-exit status:
-  0  the run held every SLO (p95 per page type, error rate)
-  1  an SLO was violated (listed on stdout)
-  2  bad option, non-loopback target without --force-production, no fixture
+                    epilog=_exit_table() + """
 
 examples:
   moodleops loadtest run --prefix lt2025a --shape smoke --think-scale 0.01
@@ -180,6 +227,11 @@ examples:
     r.add_argument("--force-production", action="store_true", help="allow a non-loopback target")
     r.add_argument("--fixture-dir", type=Path, default=None)
     r.add_argument("--quiet", action="store_true", help="do not echo Locust's progress")
+    r.add_argument("--ssh-user", default=None, help="remote workers: SSH user (default: ssh's)")
+    r.add_argument("--ssh-port", type=_positive_int, default=22, help="remote workers: SSH port")
+    r.add_argument("--ssh-key", type=Path, default=None, help="remote workers: private key file")
+    r.add_argument("--ssh-known-hosts", type=Path, default=None,
+                   help="remote workers: known_hosts file (host keys are always checked)")
     r.set_defaults(run=run_run)
 
 
@@ -219,15 +271,20 @@ def run_prepare(args: argparse.Namespace) -> int:
         fx.guard_inventory(inv, args.force_production, "prepare a load-test fixture")
         prefix = fx.check_prefix(args.prefix) if args.prefix else fx.new_prefix()
         site = site_of(inv)
-        print(f"preparing {prefix}: {args.students} students, {args.trainers} trainers, "
-              f"{args.questions} questions on {site.wwwroot} ...", flush=True)
-        rec = fx.prepare(MoodleCLI(site), prefix, students=args.students, trainers=args.trainers,
-                         questions=args.questions, directory=_fixture_dir(args, site.state_dir))
+        model = load_model(inv)
+        students, trainers = args.students, args.trainers
+        if args.for_shape:
+            need_s, need_t = fixture_size(args.for_shape, inv, model, users=args.users, workers=args.workers,
+                                          questions=args.questions)
+            students, trainers = max(students, need_s), max(trainers, need_t)
+        schools = [s.name for s in inv.schools][:args.courses]
+        print(f"preparing {prefix}: {students} students, {trainers} trainers, {args.courses} course(s) in "
+              f"{len(schools)} school(s), {args.questions} questions on {site.wwwroot} ...", flush=True)
+        rec = fx.prepare(MoodleCLI(site), prefix, students=students, trainers=trainers,
+                         questions=args.questions, directory=_fixture_dir(args, site.state_dir),
+                         schools=schools, courses=args.courses, sizes=model.submission_sizes)
     except fx.LoadtestError as exc:
         return _fail(str(exc))
-    except MoodleError as exc:
-        print(f"moodleops: error: {' '.join(str(exc).split())[:400]}", file=sys.stderr)
-        return 1
     print(f"prepared {prefix}: course {rec['course_id']}, quiz cm {rec['quiz_cmid']}, "
           f"assignment cm {rec['assign_cmid']}, forum cm {rec['forum_cmid']}")
     return 0
@@ -251,9 +308,6 @@ def run_cleanup(args: argparse.Namespace) -> int:
                          directory=_fixture_dir(args, site.state_dir))
     except fx.LoadtestError as exc:
         return _fail(str(exc))
-    except MoodleError as exc:
-        print(f"moodleops: error: {' '.join(str(exc).split())[:400]}", file=sys.stderr)
-        return 1
     verb = "removed" if args.yes else "would remove (dry run; --yes to apply)"
     print(f"{verb}: {len(res['courses'])} course(s) {', '.join(res['courses'])}, {res['users']} user(s), "
           f"category {res['category']}")
@@ -271,22 +325,44 @@ def run_run(args: argparse.Namespace) -> int:
         if not 0 <= args.start_hour < 24:
             return _fail(f"--start-hour: {args.start_hour:g} is not valid (0 to 24)")
         fixture = fx.load_fixture(_fixture_dir(args, site.state_dir), args.prefix)
+        moodle_http_preflight(target)  # refused, 5xx or maintenance: one line, no Locust started
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         results = args.results or Path("loadtest-results") / f"{args.shape}-{stamp}"
         req = RunRequest(shape=args.shape, users=args.users, duration_s=args.duration, workers=args.workers,
                          think_scale=args.think_scale, scale=args.scale, start_hour=args.start_hour,
-                         results_dir=results.resolve(), target=target)
+                         results_dir=results.resolve(), target=target,
+                         ssh=SshOptions(user=args.ssh_user, port=args.ssh_port, identity=args.ssh_key,
+                                        known_hosts=args.ssh_known_hosts))
+        make_plan(req, inv, model, fixture)          # refusals before anything starts
         print(f"running {args.shape} against {target} for {args.duration:g} s -> {req.results_dir}", flush=True)
-        summary = run(req, inv, model, fixture, echo=not args.quiet)
+        summary = run(req, inv, model, fixture, echo=not args.quiet, site=site)
+    except (LocustFailed, WorkerHostError) as exc:
+        print(f"moodleops: error: {exc}", file=sys.stderr)
+        return EXIT_RUN_FAILED
     except fx.LoadtestError as exc:
         return _fail(str(exc))
+    return report_run(summary, req.results_dir / "summary.json")
+
+
+def report_run(summary: dict, path: Path) -> int:
     t = summary["totals"]
     print(f"{summary['shape']}: {summary['users']} users, {t['requests']} requests, {t['rps']:.2f} req/s, "
-          f"error rate {t['error_rate']:.2%}, p95 {t['p95_ms']:g} ms")
-    if summary["verdict"]["pass"]:
-        print(f"SLO verdict: PASS ({req.results_dir / 'summary.json'})")
-        return 0
-    print(f"SLO verdict: FAIL ({req.results_dir / 'summary.json'})")
-    for v in summary["verdict"]["violations"]:
-        print(f"  {v['page']}: {v['metric']} {v['value']:g} > {v['limit']:g}")
-    return 1
+          f"error rate {t['error_rate']:.2%}, p95 {t['p95_ms']:g} ms (whole run)")
+    peak = summary.get("peak_window")
+    if peak:
+        pt = peak["totals"]
+        print(f"peak window {peak['from_s']:g}-{peak['to_s']:g} s: {pt['rps']:.2f} req/s, p95 {pt['p95_ms']:g} ms")
+    mix = summary.get("mix") or {}
+    if mix:
+        print(f"page mix: furthest {mix['worst_page']} by {mix['gap']:.3f} (tolerance {mix['tolerance']:g})")
+    server = summary.get("server") or {}
+    if server:
+        print(f"saturated first: {server.get('first_saturated') or 'nothing'}"
+              + (f" (errors sampling: {', '.join(server['errors'])})" if server.get("errors") else ""))
+    verdict = summary["verdict"]
+    print(f"SLO verdict: {verdict['status']} ({path})")
+    for v in verdict["violations"]:
+        print(f"  {v['page']}: {v['metric']} {v['value']:g} > {v['limit']:g} ({v.get('scope', 'run')})")
+    for m in verdict.get("missing", []):
+        print(f"  {m['page']}: ran {m['requests']} time(s) after warm-up, at least {m['minimum']} needed")
+    return {"PASS": EXIT_PASS, "FAIL": EXIT_SLO_FAILED}.get(verdict["status"], EXIT_INCONCLUSIVE)

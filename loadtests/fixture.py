@@ -6,11 +6,14 @@ prefix and a marker, so cleanup removes only what prepare made."""
 from __future__ import annotations
 
 import json
+import random
 import re
 import secrets
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+from moodleops.loadtests.model import FileSizes
 
 from moodleops.inventory import Inventory, is_loopback
 from moodleops.moodle import MoodleCLI
@@ -58,17 +61,25 @@ def fixture_file(directory: Path, prefix: str) -> Path:
 
 
 def prepare(cli: MoodleCLI, prefix: str, *, students: int, trainers: int, questions: int,
-            directory: Path) -> dict[str, Any]:
+            directory: Path, schools: list[str] | None = None, courses: int = 1,
+            sizes: FileSizes | None = None) -> dict[str, Any]:
     """Create the fixture in Moodle and record it (with the accounts' password,
-    mode 0600) in `directory`; returns the record."""
+    mode 0600) in `directory`; returns the record. `courses` courses spread over
+    the `schools` (categories); each course's document has a size drawn from
+    `sizes` (the platform's file-size quantiles), and the assignments accept
+    the largest size they name."""
     check_prefix(prefix)
     path = fixture_file(directory, prefix)
     if path.exists():
         raise LoadtestError(f"--prefix: {prefix!r} is already prepared ({path}); run cleanup first")
     password = "Lt-" + secrets.token_urlsafe(12) + "9a"
+    rng = random.Random()
+    resource_bytes = [sizes.draw(rng.random()) if sizes else 20000 for _ in range(courses)]
+    max_upload = int(max(b for _, b in sizes.quantiles) * 2) if sizes else 1048576
     result: dict[str, Any] = cli.tool(HELPER, "prepare", payload={
         "prefix": prefix, "password": password, "students": students, "trainers": trainers,
-        "questions": questions})
+        "questions": questions, "schools": schools or ["Ecole"], "courses": courses,
+        "resource_bytes": resource_bytes, "max_upload_bytes": max_upload})
     record = {**result, "password": password, "wwwroot": cli.site.wwwroot}
     directory.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")

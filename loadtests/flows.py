@@ -21,7 +21,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
@@ -33,6 +33,14 @@ LOGIN_TOKEN = re.compile(r'name="logintoken"\s+value="([^"]+)"')
 UPLOAD_REPO = re.compile(r'"id":"(\d+)","name":"[^"]*","type":"upload"')
 PAGE_CONTEXT = re.compile(r'"context":\{"id":(\d+),"contextlevel":70')
 ATTEMPT_ID = re.compile(r"[?&]attempt=(\d+)")
+# A Moodle form's validation error under a field (the form was shown again).
+FORM_ERROR = re.compile(r'id="id_error_[^"]*"[^>]*>\s*([^<\s][^<]*)')
+# Revisioned theme/JS URLs of a Moodle page head (cached by browsers for 90 days).
+ASSET = re.compile(r'(?:href|src)="([^"]*/(?:theme/styles\.php|theme/yui_combo\.php|lib/javascript\.php)[^"]*)"')
+# RequireJS base of the page: <base>core/first.js is every (non-lazy) AMD module in one response.
+AMD_BASE = re.compile(r"baseUrl\s*:\s*'([^']*/lib/requirejs\.php/\d+/)'")
+AUTOSAVE_PERIOD = re.compile(r"M\.mod_quiz\.autosave\.init\((?:\[)?\s*(\d+)")
+KEEPALIVE_PERIOD = re.compile(r'amd\.keepalive\((\d+(?:\.\d+)?)')
 
 Check = Callable[[Any], str | None]
 
@@ -65,6 +73,33 @@ class Fixture:
         return cls(**{k: int(data[k]) for k in cls.__dataclass_fields__})
 
 
+@dataclass
+class Browser:
+    """What a browser adds to the pages: the theme's CSS and JavaScript
+    (combined YUI/AMD requests) fetched once when the cache is cold, never when
+    warm (the URLs carry a revision and are immutable); `time_scale` compresses
+    the page timers (autosave, keep-alive) like the think times."""
+
+    cold: bool
+    time_scale: float = 1.0
+    cached: set[str] = field(default_factory=set)
+
+    def assets(self, html: str) -> list[tuple[str, str]]:
+        """(path, page type) of this page's assets the browser does not hold yet."""
+        if not self.cold:
+            return []
+        found: list[tuple[str, str]] = []
+        for url in ASSET.findall(html):
+            kind = "static:css" if (".css" in url or "styles.php" in url) else "static:js"
+            found.append((_path(url.replace("&amp;", "&")), kind))
+        base = AMD_BASE.search(html)
+        if base:
+            found.append((_path(base.group(1)) + "core/first.js", "static:amd"))
+        out = [(p, k) for p, k in found if p not in self.cached]
+        self.cached.update(p for p, _ in out)
+        return out
+
+
 def _location(resp: Any) -> str:
     headers = resp.headers or {}
     loc = headers.get("location") or headers.get("Location") or ""
@@ -82,10 +117,13 @@ class MoodleFlows:
     is called between pages (the user's think time); `ok_status` codes are the
     only ones accepted (redirects are asked for explicitly where expected)."""
 
-    def __init__(self, client: Any, fixture: Fixture, think: Callable[[], None]) -> None:
+    def __init__(self, client: Any, fixture: Fixture, think: Callable[[], None],
+                 browser: Browser | None = None, sleep: Callable[[float], None] = time.sleep) -> None:
         self.client = client
         self.fx = fixture
         self.think = think
+        self.browser = browser or Browser(cold=False)
+        self.sleep = sleep
         self.sesskey = ""
 
     # -- plumbing ----------------------------------------------------------------
@@ -95,6 +133,9 @@ class MoodleFlows:
         with self.client.request(method, path, name=name, catch_response=True, **kw) as resp:
             if resp.status_code not in expect:
                 problem: str | None = f"HTTP {resp.status_code}, expected {'/'.join(map(str, expect))}"
+                form_error = FORM_ERROR.search(resp.text or "") if resp.status_code == 200 else None
+                if form_error:
+                    problem += f" (the form says: {' '.join(form_error.group(1).split())[:120]})"
             else:
                 try:
                     problem = check(resp)
@@ -104,7 +145,15 @@ class MoodleFlows:
                 resp.failure(f"{name}: {problem}")
                 raise FlowAborted(f"{name}: {problem}")
             resp.success()
+        if method == "GET" and "text/html" in str((resp.headers or {}).get("content-type", "")):
+            self._fetch_assets(resp.text or "")
         return resp
+
+    def _fetch_assets(self, html: str) -> None:
+        for path, kind in self.browser.assets(html):
+            def is_asset(resp: Any) -> str | None:
+                return None if resp.content else "empty asset"
+            self._request("GET", path, kind, is_asset)
 
     @staticmethod
     def _contains(*needles: str) -> Check:
@@ -270,9 +319,11 @@ class MoodleFlows:
 
     # -- quiz -------------------------------------------------------------------------
 
-    def quiz_attempt(self, think_per_question: Callable[[], None],
+    def quiz_attempt(self, question_think: Callable[[], float],
                      before_submit: Callable[[], None] | None = None) -> int:
-        """View the quiz, start an attempt, answer every page, submit; returns the attempt id."""
+        """View the quiz, start an attempt, answer every page (`question_think`:
+        seconds spent on one, with the page's autosave and keep-alive running
+        meanwhile), submit; returns the attempt id."""
         fx = self.fx
         start: list[Form] = []
 
@@ -301,8 +352,9 @@ class MoodleFlows:
         next_url = attempt_url[0]
         for _page in range(fx.quiz_questions + 1):
             page_form: list[Form] = []
+            html: list[str] = []
 
-            def has_questions(resp: Any, page_form: list[Form] = page_form) -> str | None:
+            def has_questions(resp: Any, page_form: list[Form] = page_form, html: list[str] = html) -> str | None:
                 f = find_form(resp.text or "", action_contains="/mod/quiz/processattempt.php",
                               has_field="slots")
                 if f is None or f.value("attempt") != str(attempt_id):
@@ -310,10 +362,11 @@ class MoodleFlows:
                 if not f.radios:
                     return "no answer to choose on the page"
                 page_form.append(f)
+                html.append(resp.text or "")
                 return None
 
             self._request("GET", next_url, "quiz:page", has_questions)
-            think_per_question()
+            self._dwell_on_question(question_think(), page_form[0], html[0])
             after: list[str] = []
 
             def went_on(resp: Any, after: list[str] = after) -> str | None:
@@ -355,6 +408,37 @@ class MoodleFlows:
         self._request("GET", f"/mod/quiz/review.php?attempt={attempt_id}&cmid={fx.quiz_cmid}", "quiz:review",
                       self._logged_in_page(f"attempt={attempt_id}"))
         return attempt_id
+
+    def _dwell_on_question(self, seconds: float, form: Form, html: str) -> None:
+        """The person reads and answers for `seconds`; they pick the answer after
+        a third of it, the page's autosave (M.mod_quiz.autosave, its period in
+        the page) saves it that long after the change, and the keep-alive
+        (core/network, sessiontimeout / 10) touches the session meanwhile.
+        Both timers run in the plan's compressed time."""
+        scale = self.browser.time_scale
+        timers: list[tuple[float, str]] = []
+        autosave = AUTOSAVE_PERIOD.search(html)
+        if autosave and int(autosave.group(1)) > 0:
+            timers.append((seconds / 3 + int(autosave.group(1)) * scale, "autosave"))
+        keepalive = KEEPALIVE_PERIOD.search(html)
+        if keepalive and float(keepalive.group(1)) > 0:
+            step = float(keepalive.group(1)) * scale
+            timers += [(step * k, "keepalive") for k in range(1, int(seconds / step) + 1)]
+        done = 0.0
+        for at, what in sorted(timers):
+            if at >= seconds:
+                break
+            self.sleep(at - done)
+            done = at
+            if what == "autosave":
+                def saved(resp: Any) -> str | None:
+                    answer = json.loads(resp.text or "null")
+                    return None if isinstance(answer, dict) and answer.get("status") == "OK" else \
+                        f"autosave refused: {answer!r}"[:200]
+                self._form_post("/mod/quiz/autosave.ajax.php", "quiz:autosave", form.submission(), saved)
+            else:
+                self.ajax("core_session_touch", {}, lambda d: None)
+        self.sleep(max(0.0, seconds - done))
 
     # -- assignment --------------------------------------------------------------------
 

@@ -2,10 +2,23 @@
 
 The plan ($MOODLEOPS_LOADTEST_PLAN, written by the run command) says which
 scenario to play; Locust finds the user classes and the one shape class of
-this module's namespace, so only the chosen shape is bound here."""
+this module's namespace, so only the chosen shape is bound here.
+
+Every request is also recorded (wall time, page type, milliseconds, ok) into
+requests.csv in the working directory (the results directory) of the process
+that holds the statistics: a local run writes it directly, workers send their
+requests to the master once a second. The summary computes the warm-up-free
+and peak-window figures from it; Locust's own CSV only has whole-run figures.
+"""
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
+import gevent
+from locust import events
+from locust.runners import MasterRunner, WorkerRunner
 from moodleops.loadtests.shapes import SHAPE_CLASSES
 from moodleops.loadtests.timeline import load_plan
 from moodleops.loadtests.users import (  # noqa: F401  (Locust discovers them here)
@@ -18,3 +31,50 @@ from moodleops.loadtests.users import (  # noqa: F401  (Locust discovers them he
 )
 
 Shape = SHAPE_CLASSES[load_plan()["timeline"]["shape"]]
+REQUESTS_CSV = "requests.csv"
+MESSAGE = "moodleops_requests"
+
+
+def _row(start_time: float | None, name: str, response_time: float, exception: Any) -> list[Any]:
+    t = start_time if start_time is not None else time.time() - response_time / 1000
+    return [round(t, 3), name, round(response_time, 1), 0 if exception else 1]
+
+
+@events.init.add_listener
+def _record_requests(environment: Any, **_kw: Any) -> None:
+    runner = environment.runner
+    if isinstance(runner, WorkerRunner):
+        buffer: list[list[Any]] = []
+
+        def on_request(name: str, response_time: float, exception: Any = None, start_time: float | None = None,
+                       **_: Any) -> None:
+            buffer.append(_row(start_time, name, response_time, exception))
+
+        def flush(**_: Any) -> None:
+            if buffer:
+                runner.send_message(MESSAGE, buffer[:])
+                buffer.clear()
+
+        def loop() -> None:
+            while True:
+                gevent.sleep(1.0)
+                flush()
+
+        events.request.add_listener(on_request)
+        events.test_stop.add_listener(flush)
+        gevent.spawn(loop)
+        return
+
+    out = open(REQUESTS_CSV, "a", encoding="utf-8", buffering=1)  # noqa: SIM115 - open for the process's life
+
+    def write(rows: list[list[Any]]) -> None:
+        out.writelines(f"{t},{name},{ms},{ok}\n" for t, name, ms, ok in rows)
+
+    events.test_start.add_listener(lambda **_: out.write(f"# start {time.time():.3f}\n"))
+    events.quitting.add_listener(lambda **_: out.flush())
+    if isinstance(runner, MasterRunner):
+        runner.register_message(MESSAGE, lambda msg, **_: write(msg.data))
+    else:
+        events.request.add_listener(
+            lambda name, response_time, exception=None, start_time=None, **_: write(
+                [_row(start_time, name, response_time, exception)]))

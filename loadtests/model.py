@@ -9,7 +9,9 @@ the user counts the load shapes play.
 
 from __future__ import annotations
 
+import itertools
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,6 +104,36 @@ class Slo:
 
 
 @dataclass(frozen=True)
+class RunParams:
+    warmup_share: float
+    peak_window_share: float
+    min_requests_per_page: int
+    mix_tolerance: float
+
+
+@dataclass(frozen=True)
+class BrowserParams:
+    cold_cache_share: float
+
+
+@dataclass(frozen=True)
+class FileSizes:
+    """Quantiles (share -> bytes) of uploaded files; `draw` interpolates log-linearly."""
+
+    quantiles: tuple[tuple[float, float], ...]
+
+    def draw(self, u: float) -> int:
+        q = self.quantiles
+        if u <= q[0][0]:
+            return int(q[0][1])
+        for (p0, b0), (p1, b1) in itertools.pairwise(q):
+            if u <= p1:
+                f = (u - p0) / (p1 - p0)
+                return int(math.exp(math.log(b0) + f * (math.log(b1) - math.log(b0))))
+        return int(q[-1][1])
+
+
+@dataclass(frozen=True)
 class LoadModel:
     path: Path
     student: RoleParams
@@ -113,6 +145,9 @@ class LoadModel:
     deadline: DeadlineParams
     smoke: SmokeParams
     slo: Slo
+    run: RunParams
+    browser: BrowserParams
+    submission_sizes: FileSizes
 
 
 # -- reading -----------------------------------------------------------------
@@ -170,7 +205,7 @@ def load_model(inv: Inventory, path: Path | None = None) -> LoadModel:
     """Read and validate inventory/loadmodel.yml (or `path`)."""
     path = path or inv.root / FILE_NAME
     doc = Node(display_path(path), "", load_yaml(path))
-    doc.mapping(("roles", "student_actions", "shapes", "slo"))
+    doc.mapping(("roles", "student_actions", "shapes", "slo", "run", "browser", "files"))
     roles = doc.get("roles")
     roles.mapping(("student", "trainer"))
     acts = doc.get("student_actions")
@@ -210,6 +245,25 @@ def load_model(inv: Inventory, path: Path | None = None) -> LoadModel:
     if "default" not in p95:
         slo.get("p95_ms").fail("a mapping of page type -> milliseconds with a `default` entry")
 
+    rn = doc.get("run")
+    _sourced(rn, ("warmup_share", "peak_window_share", "min_requests_per_page", "mix_tolerance"))
+    run = RunParams(_number(rn.get("warmup_share"), 0, 0.5), _number(rn.get("peak_window_share"), 0, 1, strict_min=True),
+                    rn.get("min_requests_per_page").integer(minimum=1), _number(rn.get("mix_tolerance"), 0, 0.5))
+    br = doc.get("browser")
+    _sourced(br, ("cold_cache_share",))
+    files = doc.get("files")
+    _sourced(files, ("submission_bytes",))
+    sizes = files.get("submission_bytes")
+    quant: list[tuple[float, float]] = []
+    for key, n in sizes.items():
+        m = re.fullmatch(r"p(\d{1,2})", key)
+        if not m or int(m.group(1)) == 0:
+            sizes.fail("quantiles p1..p99 of bytes, e.g. {p10: 60000, p50: 350000, p90: 2500000}")
+        quant.append((int(m.group(1)) / 100, _number(n, 1)))
+    quant.sort()
+    if len(quant) < 2 or any(b1 < b0 for (_, b0), (_, b1) in itertools.pairwise(quant)):
+        sizes.fail("at least two quantiles, bytes growing with the quantile")
+
     return LoadModel(
         path=path,
         student=_role(roles.get("student")),
@@ -231,6 +285,9 @@ def load_model(inv: Inventory, path: Path | None = None) -> LoadModel:
         smoke=SmokeParams(sm.get("users").integer(minimum=1, maximum=50),
                           _number(sm.get("duration_s"), 1, 600)),
         slo=Slo(_share(slo.get("error_rate_max")), slo.get("min_requests_for_p95").integer(minimum=1), p95),
+        run=run,
+        browser=BrowserParams(_share(br.get("cold_cache_share"))),
+        submission_sizes=FileSizes(tuple(quant)),
     )
 
 

@@ -6,6 +6,7 @@ processes: importing locust monkey-patches the interpreter (gevent)."""
 from __future__ import annotations
 
 from locust import LoadTestShape
+from moodleops.loadtests.sessions import SHAPE_KINDS
 from moodleops.loadtests.timeline import Timeline, load_plan
 
 
@@ -34,31 +35,31 @@ class ModelShape(LoadTestShape):
 class WeekdayShape(ModelShape):
     """An ordinary weekday, hour by hour (students and trainers browsing)."""
 
-    user_class_names = ("StudentUser", "TrainerUser")
+    user_class_names = SHAPE_KINDS["weekday"]
 
 
 class SeptemberStartShape(ModelShape):
     """The September start: a storm of first logins on top of ordinary traffic."""
 
-    user_class_names = ("NewStudentUser", "StudentUser", "TrainerUser")
+    user_class_names = SHAPE_KINDS["september"]
 
 
 class ExamShape(ModelShape):
     """N students start the same quiz within the start window and submit at the end."""
 
-    user_class_names = ("ExamStudentUser",)
+    user_class_names = SHAPE_KINDS["exam"]
 
 
 class DeadlineShape(ModelShape):
     """The last hour before an assignment deadline: uploads growing to the deadline."""
 
-    user_class_names = ("DeadlineStudentUser",)
+    user_class_names = SHAPE_KINDS["deadline"]
 
 
 class SmokeShape(ModelShape):
     """Every flow once (students: read, post, submit, quiz; trainers: grading)."""
 
-    user_class_names = ("SmokeStudentUser", "TrainerUser")
+    user_class_names = SHAPE_KINDS["smoke"]
 
 
 SHAPE_CLASSES: dict[str, type[ModelShape]] = {

@@ -4,10 +4,10 @@ compressed into the run's wall-clock duration, played by Locust.
 The pure part (`timeline`) turns a shape of the model into points
 (wall second, users); the LoadTestShape classes interpolate those points on
 the master. Compression = natural length of the scenario / run duration: a
-24 h weekday played in 10 minutes runs at x144. Think times are NOT
-compressed by the calendar (a person still reads a page for as long); they
-have their own scale (`think_scale`), so a compressed run keeps realistic
-pacing per user and realistic concurrency at each moment.
+24 h weekday played in 10 minutes runs at x144. Think times (hence sessions)
+are compressed by the same factor (sessions.session_think_scale), so whole
+sessions fit into the run and the page mix stays the model's; each simulated
+user then requests x144 faster than a person.
 """
 
 from __future__ import annotations

@@ -5,163 +5,154 @@ scenarios — an exam, the smoke run — waits for the end)."""
 
 from __future__ import annotations
 
-import itertools
+import collections
 import random
 import time
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import gevent
 from locust import FastHttpUser, task
 from locust.exception import StopUser
-from moodleops.loadtests.flows import Account, Fixture, FlowAborted, MoodleFlows
+from moodleops.loadtests.flows import Account, Browser, Fixture, FlowAborted, MoodleFlows
+from moodleops.loadtests.model import FileSizes
+from moodleops.loadtests.sessions import ROLE_OF, SCRIPTS, session_flows, think_role, think_sampler
 from moodleops.loadtests.timeline import load_plan
 
 PLAN: dict[str, Any] = load_plan()
-FIXTURE = Fixture.of(PLAN["fixture"])
+# One Fixture per course of the fixture (older records: the one course at the top level).
+COURSES = [Fixture.of(c) for c in PLAN["fixture"].get("courses") or [PLAN["fixture"]]]
+SIZES = FileSizes(tuple((float(q), float(b)) for q, b in PLAN["files"]["submission_quantiles"]))
 
 
-def think_sampler(params: dict[str, Any], scale: float) -> Any:
-    """A think-time function drawing from the model's distribution, truncated to min..max."""
-    dist, mean = params["distribution"], float(params["mean_s"])
-    lo, hi = float(params["min_s"]), float(params["max_s"])
+class AccountPool:
+    """The accounts of one role this process may use, each in at most one open
+    session at a time (two sessions in one account would share a quiz
+    attempt). Processes take disjoint slices (worker k: every K-th account)."""
 
-    def draw() -> float:
-        if dist == "exponential":
-            x = random.expovariate(1.0 / mean)
-        elif dist == "uniform":
-            half = min(mean - lo, hi - mean)
-            x = random.uniform(mean - half, mean + half)
-        else:
-            x = mean
-        return min(hi, max(lo, x)) * scale
+    def __init__(self, accounts: list[tuple[str, int]], worker: int, workers: int) -> None:
+        self.free = collections.deque((str(a), int(c)) for a, c in accounts[worker::workers])
 
-    return draw
+    def take(self) -> tuple[str, int]:
+        if not self.free:
+            # The plan refuses fixtures smaller than the peak (runner.check_accounts).
+            raise StopUser("no free account left in this process's share of the fixture")
+        return self.free.popleft()
+
+    def give_back(self, account: tuple[str, int]) -> None:
+        self.free.append(account)
 
 
 class MoodleUser(FastHttpUser):
     abstract = True
     host = PLAN["host"]
-    role: ClassVar[str] = "student"
-    once: ClassVar[bool] = bool(PLAN.get("once"))
+    kind: ClassVar[str] = "StudentUser"
     # Fresh connections per user, like separate browsers; keep-alive within a session.
     concurrency = 4
     network_timeout = float(PLAN.get("network_timeout_s", 60))
     connection_timeout = 10.0
-    _counters: ClassVar[dict[str, itertools.count]] = {}
+    _pools: ClassVar[dict[str, AccountPool]] = {}
 
     def wait_time(self) -> float:
         return 0.0     # the flows think between pages themselves
 
+    @property
+    def role(self) -> str:
+        return ROLE_OF.get(self.kind, "student")
+
     def on_start(self) -> None:
-        self._think = think_sampler(PLAN["think"][self.role], float(PLAN.get("think_scale", 1.0)))
+        params = PLAN["think"][think_role(self.kind, PLAN["shape"])]
+        self._think = think_sampler(params, float(PLAN.get("think_scale", 1.0)), random.Random())
         self.done = False
+        self.account: tuple[str, int] | None = None
+
+    def on_stop(self) -> None:
+        self._release()
 
     def think(self) -> None:
         gevent.sleep(self._think())
 
-    def next_account(self, role: str | None = None) -> Account:
-        role = role or self.role
-        names: list[str] = PLAN["accounts"][role]
-        counter = MoodleUser._counters.setdefault(role, itertools.count())
-        # Workers interleave so that two processes never take the same account at once.
-        worker = getattr(self.environment.runner, "worker_index", 0) or 0
-        workers = max(1, int(PLAN.get("workers", 1)))
-        i = next(counter) * workers + worker
-        return Account(names[i % len(names)], PLAN["password"])
+    def _pool(self) -> AccountPool:
+        role = self.role
+        if role not in MoodleUser._pools:
+            worker = getattr(self.environment.runner, "worker_index", 0) or 0
+            MoodleUser._pools[role] = AccountPool(PLAN["accounts"][role], worker,
+                                                  max(1, int(PLAN.get("workers", 1))))
+        return MoodleUser._pools[role]
 
-    def fresh_flows(self) -> MoodleFlows:
-        # A new person: no cookies from the previous session's account.
+    def next_account(self) -> tuple[str, int]:
+        self._release()
+        self.account = self._pool().take()
+        return self.account
+
+    def _release(self) -> None:
+        if getattr(self, "account", None):
+            self._pool().give_back(self.account)  # type: ignore[arg-type]
+            self.account = None
+
+    def fresh_flows(self, course: int) -> MoodleFlows:
+        # A new person: no cookies from the previous session's account, and a
+        # browser cache that is cold with the model's probability.
         self.client.cookiejar.clear()
-        return MoodleFlows(self.client, FIXTURE, self.think)
+        browser = Browser(cold=random.random() < float(PLAN["browser"]["cold_cache_share"]),
+                          time_scale=float(PLAN["browser"]["time_scale"]))
+        return MoodleFlows(self.client, COURSES[course % len(COURSES)], self.think, browser)
 
-    def session(self, flows: MoodleFlows) -> None:
-        raise NotImplementedError
+    def upload(self) -> bytes:
+        size = SIZES.draw(random.random())
+        return (b"Rapport de stage (load test)\n" * (size // 29 + 1))[:size]
+
+    def flow_calls(self, flows: MoodleFlows) -> dict[str, Callable[[], Any]]:
+        return {"assign_submit": lambda: flows.assign_submit(self.upload()),
+                "quiz_attempt": lambda: flows.quiz_attempt(self._think)}
+
+    def session(self, flows: MoodleFlows, account: Account) -> None:
+        special = self.flow_calls(flows)
+        for think_first, flow in session_flows(self.kind, PLAN["actions"], random.Random()):
+            if think_first:
+                self.think()
+            if flow == "login":
+                flows.login(account)
+            else:
+                special.get(flow, getattr(flows, flow))()
 
     @task
     def run_session(self) -> None:
         if self.done:
             gevent.sleep(1)      # one-shot scenario: stay counted, send nothing
             return
-        flows = self.fresh_flows()
+        name, course = self.next_account()
+        flows = self.fresh_flows(course)
         try:
-            self.session(flows)
+            self.session(flows, Account(name, PLAN["password"]))
         except FlowAborted:
             pass                 # already recorded as a failure; the person gives up this session
-        if self.once:
+        finally:
+            self._release()
+        if SCRIPTS[self.kind].once:
             self.done = True
 
 
 class StudentUser(MoodleUser):
     """A weekday student session: dashboard, courses, course page, a file, the
-    forum; sometimes a reply, a submission or a practice quiz."""
+    forum; sometimes a reply, a submission or a practice quiz (sessions.SCRIPTS)."""
 
     weight = int(PLAN.get("weights", {}).get("StudentUser", 3))
-    role = "student"
-
-    def session(self, flows: MoodleFlows) -> None:
-        acts = PLAN["actions"]
-        flows.login(self.next_account())
-        self.think()
-        flows.my_courses()
-        self.think()
-        flows.course()
-        self.think()
-        flows.download_resource()
-        self.think()
-        flows.forum_read()
-        if random.random() < acts["forum_post"]:
-            self.think()
-            flows.forum_post()
-        if random.random() < acts["assign_submit"]:
-            self.think()
-            flows.assign_view()
-            self.think()
-            flows.assign_submit(b"Rapport de stage (load test)\n" * 20)
-        if random.random() < acts["quiz_attempt"]:
-            self.think()
-            flows.quiz_attempt(self.think)
-        self.think()
-        flows.dashboard()
-        self.think()
-        flows.logout()
+    kind = "StudentUser"
 
 
-class SmokeStudentUser(StudentUser):
+class SmokeStudentUser(MoodleUser):
     """Every student flow once, in order (the test of the flows)."""
 
     weight = int(PLAN.get("weights", {}).get("SmokeStudentUser", 3))
-
-    def session(self, flows: MoodleFlows) -> None:
-        flows.login(self.next_account())
-        flows.my_courses()
-        flows.course()
-        flows.download_resource()
-        flows.forum_read()
-        flows.forum_post()
-        flows.assign_view()
-        flows.assign_submit(b"Rapport de stage (smoke)\n" * 20)
-        flows.quiz_attempt(self.think)
-        flows.dashboard()
-        flows.logout()
+    kind = "SmokeStudentUser"
 
 
-class NewStudentUser(StudentUser):
+class NewStudentUser(MoodleUser):
     """September: a first login, then finding the course and its documents."""
 
     weight = int(PLAN.get("weights", {}).get("NewStudentUser", 3))
-
-    def session(self, flows: MoodleFlows) -> None:
-        flows.login(self.next_account())
-        self.think()
-        flows.my_courses()
-        self.think()
-        flows.course()
-        self.think()
-        flows.download_resource()
-        self.think()
-        flows.forum_read()
-        self.think()
-        flows.logout()
+    kind = "NewStudentUser"
 
 
 class ExamStudentUser(MoodleUser):
@@ -170,69 +161,42 @@ class ExamStudentUser(MoodleUser):
     at the end, then stays until the exam is over."""
 
     weight = 1
-    role = "student"
-    once = True
+    kind = "ExamStudentUser"
 
-    def session(self, flows: MoodleFlows) -> None:
-        exam = PLAN["exam"]
-        per_question = float(exam["think_per_question_s"])
+    def fresh_flows(self, course: int) -> MoodleFlows:
+        flows = super().fresh_flows(course)
+        per_question = float(PLAN["exam"]["think_per_question_s"])
         # Takers are at their desks waiting for the start: no reading pauses
         # before the quiz, just the few seconds of finding the button.
         flows.think = lambda: gevent.sleep(random.uniform(0.5, 2.0) * min(1.0, per_question))
-        flows.login(self.next_account())
-        flows.course()
+        return flows
 
-        def answer_think() -> None:
-            gevent.sleep(random.uniform(0.5, 1.5) * per_question)
+    def flow_calls(self, flows: MoodleFlows) -> dict[str, Callable[[], Any]]:
+        exam = PLAN["exam"]
+        per_question = float(exam["think_per_question_s"])
+        started = time.monotonic()
 
         def wait_for_end() -> None:
             # Submit within the last submit window of this taker's exam time.
-            started = self._started
             end = started + float(exam["taking_s"]) - random.uniform(0, float(exam["submit_window_s"]))
             gevent.sleep(max(0.0, end - time.monotonic()))
 
-        self._started = time.monotonic()
-        flows.quiz_attempt(answer_think, before_submit=wait_for_end)
+        return {"quiz_attempt": lambda: flows.quiz_attempt(lambda: random.uniform(0.5, 1.5) * per_question,
+                                                           before_submit=wait_for_end)}
 
 
 class DeadlineStudentUser(MoodleUser):
     """A submission session before the deadline: course, assignment, upload, save."""
 
     weight = 1
-    role = "student"
-
-    def session(self, flows: MoodleFlows) -> None:
-        flows.login(self.next_account())
-        self.think()
-        flows.course()
-        self.think()
-        flows.assign_view()
-        self.think()
-        flows.assign_submit(b"Rapport de stage (deadline)\n" * 200)
-        self.think()
-        flows.logout()
+    kind = "DeadlineStudentUser"
 
 
 class TrainerUser(MoodleUser):
     """A trainer session: course page, participants, grading pages, the forum."""
 
     weight = int(PLAN.get("weights", {}).get("TrainerUser", 1))
-    role = "trainer"
-
-    def session(self, flows: MoodleFlows) -> None:
-        flows.login(self.next_account())
-        self.think()
-        flows.my_courses()
-        self.think()
-        flows.course()
-        self.think()
-        flows.participants()
-        self.think()
-        flows.grading()
-        self.think()
-        flows.forum_read()
-        self.think()
-        flows.logout()
+    kind = "TrainerUser"
 
 
 __all__ = [

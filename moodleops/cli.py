@@ -13,9 +13,11 @@ import argparse
 import importlib
 import os
 import sys
+import textwrap
 from collections.abc import Sequence
 
-from moodleops.inventory.errors import InventoryError
+from moodleops.errors import EXIT_NOTE, ExitStatus, exit_table_text
+from moodleops.faults import report
 
 AREAS: dict[str, str] = {
     "inventory": "moodleops.inventory.cli",
@@ -24,7 +26,9 @@ AREAS: dict[str, str] = {
     "capacity": "moodleops.capacity.cli",
     "incident": "moodleops.incident.cli",
     "storage": "moodleops.exporters.storage_cli",
+    "watch": "moodleops.exporters.watch_cli",
     "backup": "moodleops.backup.cli",
+    "rehearsal": "moodleops.rehearsal.cli",
 }
 
 DESCRIPTION = """\
@@ -37,15 +41,17 @@ to change a school, a threshold or a plugin version, edit the inventory and
 run `moodleops inventory check`.
 """
 
-EPILOG = """\
+EPILOG = f"""\
 environment:
   MOODLEOPS_INVENTORY   default for --inventory (otherwise: local)
 
-exit status:
-  0  success
-  1  the command ran and found problems
-  2  usage error, or the inventory is invalid (one line on stderr:
-     "moodleops: error: <file>: <key>: <value> is not valid (<allowed>)")
+exit status (every command):
+{exit_table_text()}
+
+{textwrap.fill(EXIT_NOTE, 79)}
+An invalid inventory reads "moodleops: error: <file>: <key>: <value> is not
+valid (<allowed>)"; a dependency fault "moodleops: error: <dependency>
+<address>: <what failed> (check <what next>)[; <what was done>]".
 
 examples:
   moodleops inventory check
@@ -61,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
                         default=os.environ.get("MOODLEOPS_INVENTORY", "local"),
                         help="environment: a directory name under inventory/ (local, production) "
                              "or a path to one (default: %(default)s)")
+    parser.add_argument("--debug", action="store_true",
+                        help="on an error, also print the Python traceback (for bug reports)")
     areas = parser.add_subparsers(dest="area", metavar="<area>", title="areas", required=True)
     for name, module in AREAS.items():
         try:
@@ -94,15 +102,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else 2
     try:
         return int(args.run(args))
-    except InventoryError as exc:
-        # An invalid inventory is an operator's fix, not a bug: one line, no traceback.
-        print(f"moodleops: error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2
     except BrokenPipeError:
         # `moodleops ... | head` closed stdout early: not an error of ours. Point stdout
         # at /dev/null so the interpreter's final flush does not raise again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    except KeyboardInterrupt:
+        print("moodleops: interrupted: a re-run resumes or says what is left", file=sys.stderr)
+        return int(ExitStatus.INTERRUPTED)
+    except Exception as exc:  # noqa: BLE001 - the one place where every fault becomes one line
+        return report(exc, debug=getattr(args, "debug", False))
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
+from moodleops.faults import database_error
 from moodleops.site import Site
 
 _PREFIX = re.compile(r"^[a-z0-9_]*$")
@@ -39,6 +40,9 @@ class Target:
     def describe(self) -> str:
         return f"database {self.dbname} on {self.host}:{self.port} as {self.user}"
 
+    def address(self) -> str:
+        return f"{self.user}@{self.host}:{self.port}/{self.dbname}"
+
 
 def target_of(site: Site) -> Target:
     """The read-only role of a moodleops.site.Site (its password from site.secret)."""
@@ -55,6 +59,9 @@ def connect(target: Target, *, application: str = "moodleops", dict_rows: bool =
                          connect_timeout_s=connect_timeout_s, statement_timeout_s=statement_timeout_s)
     try:
         yield conn
+    except psycopg.Error as exc:
+        # A missing grant or a statement timeout: one line naming the database (moodleops.faults).
+        raise database_error(exc, target.address()) from exc
     finally:
         conn.close()
 

@@ -13,23 +13,28 @@ from typing import Any
 from moodleops.backup import manifest, markers, restore, retention, sealing
 from moodleops.backup.config import backup_config
 from moodleops.backup.index import BlobIndex
-from moodleops.backup.platform_backup import backup_lock, report_json, run_backup
+from moodleops.backup.platform_backup import backup_lock, report_json, run_backup, work_dir
 from moodleops.backup.progress import human_bytes
 from moodleops.backup.s3 import BackupError, client
 from moodleops.backup.school_export import EXPORT_ID, export_school, export_status, reminder_lines
 from moodleops.commands import add_area, add_command
+from moodleops.errors import DependencyError, S3Error
+from moodleops.faults import translate
 from moodleops.inventory import load_inventory
-from moodleops.moodle import MoodleError
 from moodleops.platform.guard import PlatformHeld, platform_operation
 from moodleops.platform.lock import PlatformLockBusy, PlatformLockError, platform_lock
 from moodleops.site import site_of
 
 EXIT = """\
-exit status:
+exit status (the table of `moodleops --help`):
   0  done (or dry run shown)
   1  done with problems (failed courses, pending schools in the reminder window)
   2  bad input or inventory: nothing changed (one line on stderr naming the bad value)
-  3  the backup, restore or export failed (message names the object or step)
+  3  another backup, prune or restore holds the lock: nothing changed
+  4  S3, the database or Moodle failed: one line names it, where, what to check
+     and what was already done (`backup run` and `export` resume on a re-run)
+  5  a local filesystem refused (the state directory full, read-only, not writable)
+  6  the restore or export stopped on its own check (a corrupted object is named)
 """
 
 CREDENTIALS = """\
@@ -52,18 +57,63 @@ def _ctx(env: str) -> tuple[Any, Any, Any, Any]:
     return inv, site_of(inv), cfg, client(cfg)
 
 
+def _s3_address(args: argparse.Namespace) -> dict[type[DependencyError], str]:
+    """Where the bucket is, for the fault line (botocore's errors do not say)."""
+    try:
+        cfg = backup_config(load_inventory(args.inventory))
+    except Exception:  # noqa: BLE001 - the inventory's own error was the one reported
+        return {}
+    return {S3Error: f"s3://{cfg.bucket}/{cfg.prefix} at {cfg.endpoint_url or 'AWS'} ({cfg.region})"}
+
+
+def _run_state(args: argparse.Namespace) -> str:
+    """What an interrupted `backup run` left, in words, from its work directory."""
+    try:
+        wd = work_dir(site_of(load_inventory(args.inventory)))
+        state = json.loads((wd / "run.json").read_text())
+    except (OSError, ValueError, KeyError):
+        return "nothing was uploaded and no dump is kept: a re-run starts over"
+    rd = wd / "runs" / state["id"]
+    if state.get("blobs_uploaded"):
+        done = "database dump and filedir blobs uploaded, moodledata folders and manifest not written"
+    elif state.get("dump_uploaded"):
+        done = "database dump uploaded, blobs not finished (those sent are kept)"
+    else:
+        try:
+            up = json.loads((rd / "dump-upload.json").read_text())
+            sent = f"{len(up.get('checksums', {}))} of {-(-int(up['size']) // int(up['part_size']))} parts uploaded"
+        except (OSError, ValueError, KeyError, ZeroDivisionError):
+            sent = "upload not started"
+        done = f"database dump taken ({sent}), blobs not started"
+    return f"backup {state['id']}: {done}; the manifest is written last, so no partial backup is listed: " \
+           "`moodleops backup run` resumes (--fresh starts over)"
+
+
+# What a re-run does after a fault, for the commands that change something.
+_RERUN = {
+    "cmd_export": "courses already uploaded stay in the bucket: a re-run skips them",
+    "cmd_prune": "a re-run plans again from what is left in the bucket (kept backups are never deleted)",
+}
+
+
 def _guard(fn: Any) -> Any:
     def run(args: argparse.Namespace) -> int:
         try:
             return int(fn(args))
-        except (BackupError, MoodleError) as exc:
-            print(f"moodleops: backup failed: {' '.join(str(exc).split())}", file=sys.stderr)
-            return 3
+        except Exception as exc:
+            err = translate(exc, _s3_address(args))
+            if err is None:
+                raise
+            if isinstance(err, DependencyError) and not err.done:
+                if fn is cmd_run_unguarded:
+                    err.done = _run_state(args)
+                else:
+                    err.done = _RERUN.get(fn.__name__)
+            raise err from exc
     return run
 
 
-@_guard
-def cmd_run(args: argparse.Namespace) -> int:
+def cmd_run_unguarded(args: argparse.Namespace) -> int:
     inv, site, cfg, s3 = _ctx(args.inventory)
     try:
         # The one platform lock: a backup never overlaps an upgrade, a restore or an incident.
@@ -77,6 +127,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         print("\n".join(rep.lines()))
     return 1 if rep.blobs.corrupt or rep.missing else 0
+
+
+cmd_run = _guard(cmd_run_unguarded)
 
 
 @_guard

@@ -8,12 +8,15 @@ site.secret('db_password')."""
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 from moodleops.backup.s3 import BackupError
+from moodleops.errors import OpsError
+from moodleops.faults import database_error, filesystem_error
 from moodleops.inventory import Inventory
 from moodleops.site import Site
 
@@ -50,9 +53,18 @@ def dump(site: Site, inv: Inventory, out: Path) -> int:
         proc = subprocess.run(argv, stdout=fh, stderr=subprocess.PIPE, env=env, check=False)
     if proc.returncode != 0:
         out.unlink(missing_ok=True)
-        raise BackupError(f"pg_dump of {site.db_name} failed (exit {proc.returncode}): "
-                          f"{proc.stderr.decode(errors='replace').strip()[-500:]}")
+        raise dump_error(site, out, proc.stderr.decode(errors="replace"))
     return out.stat().st_size
+
+
+def dump_error(site: Site, out: Path, stderr: str) -> OpsError:
+    """pg_dump failed: the disk it writes to, or the database it reads."""
+    for text, code in (("No space left", errno.ENOSPC), ("Read-only file system", errno.EROFS)):
+        fs = filesystem_error(OSError(code, text, str(out.parent))) if text in stderr else None
+        if fs is not None:
+            return fs
+    return database_error(RuntimeError(f"pg_dump of {site.db_name}: {stderr.strip()[-400:]}"),
+                          f"{site.db_host or 'local socket'}:{site.db_port}/{site.db_name}")
 
 
 def _psql(site: Site, sql: str) -> None:

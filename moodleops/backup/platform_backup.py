@@ -34,6 +34,7 @@ from moodleops.backup.index import BlobIndex
 from moodleops.backup.multipart import upload_file
 from moodleops.backup.progress import human_bytes, human_seconds
 from moodleops.backup.s3 import BackupError, ensure_bucket
+from moodleops.errors import BusyError
 from moodleops.inventory import Inventory
 from moodleops.moodle import MoodleCLI
 from moodleops.site import Site
@@ -52,7 +53,7 @@ def backup_lock(site: Site) -> Iterator[None]:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
-            raise BackupError(f"another backup, prune or restore holds {work_dir(site) / 'lock'}") from exc
+            raise BusyError(f"another backup, prune or restore holds {work_dir(site) / 'lock'}") from exc
         try:
             yield
         finally:
@@ -155,6 +156,7 @@ def run_backup(s3: Any, cfg: BackupConfig, inv: Inventory, site: Site, *, fresh:
         after_dump()
     up = upload_file(s3, cfg, Path(state["dump"]), dump_key, rd / "dump-upload.json",
                      progress_label="database dump", on_part=on_dump_part, metadata={"backup-id": bid})
+    _mark(run_file, state, "dump_uploaded")
 
     filedir, trashdir = site.dataroot / "filedir", site.dataroot / "trashdir"
     idx = BlobIndex.for_bucket(site.state_dir, cfg)
@@ -164,6 +166,7 @@ def run_backup(s3: Any, cfg: BackupConfig, inv: Inventory, site: Site, *, fresh:
                                                          filedir, trashdir, before_manifest)
     finally:
         idx.close()
+    _mark(run_file, state, "blobs_uploaded")
 
     tar_path = rd / "moodledata.tar.gz"
     included = _tar_moodledata(site.dataroot, cfg.moodledata_excludes, tar_path)
@@ -297,6 +300,12 @@ def backup_blobs(s3: Any, cfg: BackupConfig, idx: BlobIndex, referenced: Iterabl
     entry = {"count": idx.scalar("SELECT count(*) FROM needed"), "bytes": idx.scalar("SELECT sum(size) FROM needed"),
              "list": {"key": list_key, "sha256": list_up.sha256, "size": list_up.size}}
     return blobs, checks, missing, entry
+
+
+def _mark(run_file: Path, state: dict[str, Any], step: str) -> None:
+    # What an interrupted run had finished, for its one-line report (`backup run` resumes anyway).
+    state[step] = True
+    run_file.write_text(json.dumps(state))
 
 
 def report_json(rep: RunReport) -> dict[str, Any]:

@@ -12,6 +12,8 @@ from datetime import date
 from pathlib import Path
 
 from moodleops.commands import add_area, add_command
+from moodleops.errors import ExitStatus
+from moodleops.faults import translate
 from moodleops.incident.csvinput import parse_renewals_option, parse_user_list, read_user_csv
 from moodleops.incident.errors import IncidentError, IncidentIncomplete, JournalError, LockBusy
 from moodleops.incident.journal import DEFAULT_COPY_DIR, verify_file
@@ -30,9 +32,9 @@ exit status:
      the message says who holds it, since when, doing what
   4  Moodle (the PHP helper or its database) failed: see the message; the journal says
      what was applied (`moodleops incident recover` if an incident was left incomplete)
-  5  an earlier incident is incomplete (interrupted): nothing changed; run
-     `moodleops incident recover`
   6  the journal is damaged (`moodleops incident verify` says where)
+  7  an earlier incident is incomplete (interrupted): nothing changed; run
+     `moodleops incident recover`
   70 internal error of moodleops (a bug): one line on stderr; the journal says what was
      applied
 """
@@ -62,6 +64,10 @@ def _users(args: argparse.Namespace) -> tuple[str, ...]:
         names += parse_user_list(args.users)
     if args.users_csv is not None:
         names += read_user_csv(args.users_csv)
+    if args.users_from_alert:
+        from moodleops.incident.alert_scope import alertmanager_url, users_of_alert
+        url = args.alertmanager or alertmanager_url(load_inventory(args.inventory))
+        names += users_of_alert(url, args.users_from_alert)
     return tuple(dict.fromkeys(names))
 
 
@@ -92,17 +98,21 @@ def _guarded(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Name
             print(f"moodleops: error: {exc}", file=sys.stderr)
             return 3
         except MoodleError as exc:
-            print(f"moodleops: error: Moodle failed: {' '.join(str(exc).split())}", file=sys.stderr)
+            print(f"moodleops: error: {exc.line()}", file=sys.stderr)   # names the PHP CLI (moodleops.errors)
             return 4
         except IncidentIncomplete as exc:
             print(f"moodleops: error: {exc}", file=sys.stderr)
-            return 5
+            return int(ExitStatus.INCOMPLETE)
         except JournalError as exc:
             print(f"moodleops: error: {exc}", file=sys.stderr)
             return 6
         except (InventoryError, KeyboardInterrupt, BrokenPipeError):
             raise
         except Exception as exc:  # noqa: BLE001 -- a bug: never mistaken for "drift" (1)
+            fault = translate(exc)   # a dependency's fault (disk, database...), not a bug: the table's status
+            if fault is not None:
+                print(f"moodleops: error: {fault.line()}", file=sys.stderr)
+                return int(fault.status)
             where = traceback.extract_tb(exc.__traceback__)[-1]
             print(f"moodleops: internal error: {type(exc).__name__}: {' '.join(str(exc).split())} "
                   f"(at {Path(where.filename).name}:{where.lineno}); the journal says what was applied: "
@@ -262,6 +272,10 @@ def _common(p: argparse.ArgumentParser, *, applies: bool = True) -> None:
 def _users_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--users", metavar="A,B", help="usernames, comma-separated")
     p.add_argument("--users-csv", metavar="FILE", type=Path, help="CSV file with a username column")
+    p.add_argument("--users-from-alert", metavar="ALERTNAME",
+                   help="the users (username label) of that alert, active in Alertmanager")
+    p.add_argument("--alertmanager", metavar="URL", help="Alertmanager for --users-from-alert "
+                   "(default: the monitoring role's)")
 
 
 def _why_options(p: argparse.ArgumentParser, *, required: bool = True) -> None:

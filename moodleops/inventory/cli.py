@@ -8,9 +8,11 @@ import sys
 from pathlib import Path
 
 from moodleops.commands import add_area, add_command
+from moodleops.console import table_lines
 from moodleops.inventory.loader import REQUIRED_GROUPS, load_inventory
 from moodleops.inventory.mirror import check_mirror
 from moodleops.inventory.model import Inventory, School
+from moodleops.units import gb
 from moodleops.validation import validate
 
 
@@ -132,20 +134,6 @@ def school_table(schools: tuple[School, ...]) -> list[str]:
     header = ("code", "name", "idnumber", "students", "trainers", "alert GB")
     rows = [(s.code, s.name, s.category_idnumber, str(s.students), str(s.trainers), gb(s.alert_bytes))
             for s in schools]
-    rows.append(("total", f"{len(schools)} schools", "", str(sum(s.students for s in schools)),
-                 str(sum(s.trainers for s in schools)), ""))
-    widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
-    numeric = {3, 4, 5}
-
-    def line(row: tuple[str, ...]) -> str:
-        cells = (c.rjust(w) if i in numeric else c.ljust(w)
-                 for i, (c, w) in enumerate(zip(row, widths, strict=True)))
-        return "  ".join(cells).rstrip()
-
-    rule = "  ".join("-" * w for w in widths)
-    return [line(header), rule, *(line(r) for r in rows[:-1]), rule, line(rows[-1])]
-
-
-def gb(n: int) -> str:
-    # Decimal GB (10^9), as the agreement counts them.
-    return f"{n / 1e9:g}"
+    total = ("total", f"{len(schools)} schools", "", str(sum(s.students for s in schools)),
+             str(sum(s.trainers for s in schools)), "")
+    return table_lines(header, rows, numeric={3, 4, 5}, total=total)

@@ -23,6 +23,7 @@ from moodleops.inventory.model import (
     Pin,
     Platform,
     School,
+    WatchRules,
 )
 from moodleops.inventory.settings import read_settings
 
@@ -169,7 +170,33 @@ def _read_platform(path: Path) -> Platform:
         membership_method=method,
         membership_profile_field=profile_field,
         population_as_of=doc.get("population").get("as_of").date(),
+        watch=_read_watch(doc.get("watch")),
     )
+
+
+WATCH_KEYS = ("mass_mailing_per_hour", "failed_logins_burst_10m", "cron_stuck_seconds", "pin_grace_days",
+              "top_senders", "online_window_seconds", "watched_roles")
+ROLE_SHORTNAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+def _read_watch(watch: Node) -> WatchRules:
+    watch.mapping(WATCH_KEYS, "watch")
+    roles = tuple(n.text(ROLE_SHORTNAME, "a Moodle role shortname ([a-z][a-z0-9_]*)")
+                  for n in watch.get("watched_roles").seq())
+    return WatchRules(
+        mass_mailing_per_hour=watch.get("mass_mailing_per_hour").integer(minimum=1),
+        failed_logins_burst_10m=watch.get("failed_logins_burst_10m").integer(minimum=1),
+        cron_stuck_seconds=watch.get("cron_stuck_seconds").integer(minimum=60),
+        pin_grace_days=watch.get("pin_grace_days").integer(minimum=0),
+        # Each top sender is a series per school: keep the label set small.
+        top_senders=watch.get("top_senders").integer(0, 20),
+        online_window_seconds=watch.get("online_window_seconds").integer(minimum=60),
+        watched_roles=roles,
+    )
+
+
+#: Where an account's type can be read (accounts.account_type_source).
+ACCOUNT_TYPE_SOURCES = ("profile_field", "department", "institution", "auth", "idnumber")
 
 
 def _read_accounts(accounts: Node) -> AccountRules:
@@ -191,6 +218,18 @@ def _read_accounts(accounts: Node) -> AccountRules:
     if set(hosted) & set(students):
         students_node.fail("account types that are not also in accounts.hosted_types")
 
+    source_node = accounts.get("account_type_source")
+    source = source_node.text(default="profile_field")
+    if source not in ACCOUNT_TYPE_SOURCES:
+        source_node.fail(f"one of: {', '.join(ACCOUNT_TYPE_SOURCES)}")
+    hosted_pattern_node = accounts.get("account_type_hosted_pattern")
+    hosted_pattern = hosted_pattern_node.text(default="" if source != "idnumber" else None)
+    if hosted_pattern:
+        try:
+            re.compile(hosted_pattern)
+        except re.error as exc:
+            hosted_pattern_node.fail(f"a valid regular expression ({exc})")
+
     return AccountRules(
         login_pattern=pattern,
         hosted_expiry=accounts.get("hosted_expiry").month_day(),
@@ -202,6 +241,8 @@ def _read_accounts(accounts: Node) -> AccountRules:
         account_type_field=accounts.get("account_type_field").text(),
         hosted_types=hosted,
         student_types=students,
+        account_type_source=source,
+        hosted_pattern=hosted_pattern,
     )
 
 

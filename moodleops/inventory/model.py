@@ -45,6 +45,24 @@ class AccountRules:
     account_type_field: str
     hosted_types: tuple[str, ...]
     student_types: tuple[str, ...]
+    # Where the storage exporter reads the type: the custom profile field above, or a
+    # standard user field (department, institution, auth: value in hosted_types; idnumber:
+    # matches hosted_pattern).
+    account_type_source: str = "profile_field"
+    hosted_pattern: str = ""
+
+
+@dataclass(frozen=True)
+class WatchRules:
+    """platform.yml `watch`: thresholds of the health and abuse exporter and its alerts."""
+
+    mass_mailing_per_hour: int
+    failed_logins_burst_10m: int
+    cron_stuck_seconds: int
+    pin_grace_days: int
+    top_senders: int
+    online_window_seconds: int
+    watched_roles: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -62,6 +80,7 @@ class Platform:
     membership_method: str        # cohort | profile_field | category_enrolments
     membership_profile_field: str
     population_as_of: date
+    watch: WatchRules
 
 
 @dataclass(frozen=True)

@@ -5,10 +5,13 @@
 //   php loadtest_fixture.php /srv/moodle/current/config.php ACTION < payload.json
 //
 // ACTION is one of:
-//   prepare  {prefix, password, students, trainers, questions}
-//            -> a category, a course with a forum + discussion, a quiz of
-//               true/false questions, an assignment taking one file, a file
-//               resource, and the users enrolled in it.
+//   prepare  {prefix, password, students, trainers, questions, schools: [names],
+//             courses, resource_bytes: [bytes per course], max_upload_bytes}
+//            -> a category with one subcategory per school, `courses` courses
+//               spread over them, each with a forum + discussion, a quiz of
+//               true/false questions, an assignment taking one file and a file
+//               resource of its size; students and trainers spread over the
+//               courses (the first trainer teaches every course).
 //   inspect  {prefix}  -> what the simulated users left behind (finished quiz
 //            attempts, forum posts, submitted files), read through Moodle's DB API.
 //   cleanup  {prefix, apply}  -> delete_course() + delete_user() of that prefix
@@ -62,14 +65,31 @@ function lt_prepare(string $prefix, string $catidnumber, array $p): array {
         lt_fail('payload: password, students >= 1 and trainers >= 1 are required');
     }
     $gen = new testing_data_generator();
+    $schools = array_values(array_filter(array_map('strval', (array)($p['schools'] ?? ['Ecole']))));
+    if (!$schools) {
+        $schools = ['Ecole'];
+    }
+    $ncourses = max(1, (int)($p['courses'] ?? 1));
+    $sizes = array_map('intval', (array)($p['resource_bytes'] ?? []));
+    $maxupload = max(1048576, (int)($p['max_upload_bytes'] ?? 1048576));
 
     $category = $gen->create_category(['name' => "Load test $prefix", 'idnumber' => $catidnumber,
         'description' => 'Created by moodleops loadtest prepare; removed by moodleops loadtest cleanup.']);
-    $course = $gen->create_course(['category' => $category->id, 'fullname' => "Load test course $prefix",
-        'shortname' => "$prefix-course", 'idnumber' => "$catidnumber:course", 'numsections' => 3,
-        'enablecompletion' => 0]);
+    $schoolcats = [];
+    foreach ($schools as $i => $name) {
+        $schoolcats[] = $gen->create_category(['name' => "$name ($prefix)", 'parent' => $category->id,
+            'idnumber' => "$catidnumber:school:" . ($i + 1)]);
+    }
+
+    $courses = [];
+    for ($c = 0; $c < $ncourses; $c++) {
+        $courses[] = $gen->create_course(['category' => $schoolcats[$c % count($schoolcats)]->id,
+            'fullname' => "Load test course $prefix " . ($c + 1), 'shortname' => "$prefix-course" . ($c + 1),
+            'idnumber' => "$catidnumber:course:" . ($c + 1), 'numsections' => 3, 'enablecompletion' => 0]);
+    }
 
     $users = ['students' => [], 'trainers' => []];
+    $teacherid = 0;
     foreach (['students' => [$nstudents, 's', 'student'], 'trainers' => [$ntrainers, 't', 'editingteacher']]
              as $kind => [$n, $letter, $role]) {
         for ($i = 1; $i <= $n; $i++) {
@@ -77,20 +97,53 @@ function lt_prepare(string $prefix, string $catidnumber, array $p): array {
             $u = $gen->create_user(['username' => $username, 'password' => $password,
                 'idnumber' => $catidnumber, 'firstname' => ucfirst($kind), 'lastname' => sprintf('%04d', $i),
                 'email' => "$username@example.invalid", 'auth' => 'manual']);
-            $gen->enrol_user($u->id, $course->id, $role);
-            $users[$kind][] = ['id' => (int)$u->id, 'username' => $username];
+            $c = ($i - 1) % $ncourses;
+            $gen->enrol_user($u->id, $courses[$c]->id, $role);
+            if ($kind === 'trainers' && $i === 1) {
+                // The first trainer teaches (and owns the discussions of) every course.
+                for ($o = 0; $o < $ncourses; $o++) {
+                    if ($o !== $c) {
+                        $gen->enrol_user($u->id, $courses[$o]->id, $role);
+                    }
+                }
+                $teacherid = (int)$u->id;
+            }
+            $users[$kind][] = ['id' => (int)$u->id, 'username' => $username, 'course' => $c];
         }
     }
-    $teacherid = $users['trainers'][0]['id'];
+    $out = [];
+    foreach ($courses as $c => $course) {
+        $out[] = lt_course_content($gen, $course, $teacherid, $nquestions, $sizes[$c] ?? 20000, $maxupload);
+    }
+    return [
+        'prefix' => $prefix,
+        'category_id' => (int)$category->id,
+        'schools' => $schools,
+        'courses' => $out,
+        'quiz_questions' => $nquestions,
+        'students' => $users['students'],
+        'trainers' => $users['trainers'],
+    ] + $out[0];
+}
 
+function lt_course_content(testing_data_generator $gen, stdClass $course, int $teacherid, int $nquestions,
+                           int $resourcebytes, int $maxupload): array {
+    global $USER;
     $forum = $gen->create_module('forum', ['course' => $course->id, 'name' => 'Forum de promotion',
         'section' => 1]);
     $forumgen = $gen->get_plugin_generator('mod_forum');
     $discussion = $forumgen->create_discussion(['course' => $course->id, 'forum' => $forum->id,
         'userid' => $teacherid, 'name' => 'Questions sur le stage', 'message' => '<p>Posez vos questions ici.</p>']);
 
+    // A course document of the size the platform's files have (not a tiny text file).
+    $draft = file_get_unused_draft_itemid();
+    $chunk = str_repeat("Support de cours, chapitre 1. ", 1024);
+    $content = substr(str_repeat($chunk, intdiv(max(1, $resourcebytes), strlen($chunk)) + 1), 0, max(1, $resourcebytes));
+    get_file_storage()->create_file_from_string(['component' => 'user', 'filearea' => 'draft',
+        'contextid' => context_user::instance($USER->id)->id, 'itemid' => $draft,
+        'filename' => 'support-de-cours.pdf', 'filepath' => '/'], $content);
     $resource = $gen->create_module('resource', ['course' => $course->id, 'name' => 'Support de cours',
-        'section' => 1, 'defaultfilename' => 'support-de-cours.txt']);
+        'section' => 1, 'files' => $draft]);
 
     $quiz = $gen->create_module('quiz', ['course' => $course->id, 'name' => 'Evaluation de pharmacologie',
         'section' => 2, 'questionsperpage' => 1, 'grade' => 10, 'sumgrades' => $nquestions,
@@ -120,25 +173,22 @@ function lt_prepare(string $prefix, string $catidnumber, array $p): array {
 
     $assign = $gen->create_module('assign', ['course' => $course->id, 'name' => 'Depot du rapport de stage',
         'section' => 3, 'submissiondrafts' => 0, 'assignsubmission_file_enabled' => 1,
-        'assignsubmission_file_maxfiles' => 1, 'assignsubmission_file_maxsizebytes' => 1048576,
+        'assignsubmission_file_maxfiles' => 1, 'assignsubmission_file_maxsizebytes' => $maxupload,
         'assignsubmission_onlinetext_enabled' => 0, 'duedate' => time() + 7 * DAYSECS]);
 
     rebuild_course_cache($course->id, true);
     return [
-        'prefix' => $prefix,
-        'category_id' => (int)$category->id,
         'course_id' => (int)$course->id,
         'forum_cmid' => (int)$forum->cmid,
         'discussion_id' => (int)$discussion->id,
         'discussion_post_id' => (int)$discussion->firstpost,
         'resource_cmid' => (int)$resource->cmid,
-        'resource_filename' => 'support-de-cours.txt',
+        'resource_filename' => 'support-de-cours.pdf',
+        'resource_bytes' => $resourcebytes,
         'quiz_cmid' => (int)$quiz->cmid,
         'quiz_id' => (int)$quiz->id,
         'quiz_questions' => $nquestions,
         'assign_cmid' => (int)$assign->cmid,
-        'students' => $users['students'],
-        'trainers' => $users['trainers'],
     ];
 }
 
@@ -155,7 +205,11 @@ function lt_courses(string $catidnumber): array {
     if (!$cat) {
         return [null, []];
     }
-    return [$cat, $DB->get_records('course', ['category' => $cat->id], 'id', 'id, shortname')];
+    // The fixture's category and its school subcategories (path /<id>/...).
+    $cats = $DB->get_fieldset_select('course_categories', 'id', 'id = :id OR ' . $DB->sql_like('path', ':path'),
+        ['id' => $cat->id, 'path' => $DB->sql_like_escape($cat->path) . '/%']);
+    [$in, $params] = $DB->get_in_or_equal($cats, SQL_PARAMS_NAMED, 'cat');
+    return [$cat, $DB->get_records_select('course', "category $in", $params, 'id', 'id, shortname')];
 }
 
 function lt_inspect(string $prefix, string $catidnumber): array {

@@ -8,8 +8,9 @@ import sys
 import time
 
 from moodleops.commands import add_area, add_command
+from moodleops.faults import playbook_ssh_error
 from moodleops.inventory import Inventory, check_mirror, load_inventory
-from moodleops.platform.ansible import run_playbook
+from moodleops.platform.ansible import PlaybookResult, run_playbook
 from moodleops.platform.guard import PlatformHeld, platform_operation
 from moodleops.platform.health import check_health
 from moodleops.platform.lock import PlatformLockBusy, PlatformLockError
@@ -33,6 +34,14 @@ def _mirror_ready(inv: Inventory) -> bool:
     return not problems
 
 
+def _raise_unreachable(result: PlaybookResult) -> None:
+    # A host Ansible could not reach is SSH's fault (status 4), not the playbook's.
+    err = playbook_ssh_error(result.output, result.unreachable)
+    if err is not None:
+        err.done = "nothing was changed on that host; re-run when it is reachable"
+        raise err
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     started = time.monotonic()
     inv = load_inventory(args.inventory)
@@ -48,6 +57,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         return 1
     extra = ["--check", "--diff"] if args.check else []
     result = run_playbook(inv, "site.yml", extra + (["--tags", args.tags] if args.tags else []))
+    _raise_unreachable(result)
     if not result.ok:
         print(f"moodleops: error: the playbook failed (exit {result.returncode}); the output above says "
               "which task. Nothing was switched that the failed task did not reach.")
@@ -112,6 +122,7 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
             return 1
     else:
         result = run_playbook(inv, "upgrade.yml", extra)
+    _raise_unreachable(result)
     took = time.monotonic() - started
     if not result.ok:
         verdict = _play_verdict(result.output)
@@ -161,7 +172,7 @@ def register(areas: argparse._SubParsersAction) -> None:
                     "the health summary. Idempotent: a second run changes nothing. On an installed site "
                     "whose pins changed, the play refuses to switch code: that is `platform upgrade`'s job.",
         epilog="exit status:\n  0  applied and healthy\n  1  the playbook failed or the site is unhealthy\n"
-               "  2  invalid inventory\n")
+               "  2  invalid inventory\n  4  a host could not be reached over SSH (one line names it)\n")
     up.add_argument("--check", action="store_true", help="dry run: ansible --check --diff, change nothing")
     up.add_argument("--tags", help="only these playbook tags (comma-separated), e.g. nginx,php")
     up.set_defaults(run=cmd_up)
@@ -194,7 +205,8 @@ def register(areas: argparse._SubParsersAction) -> None:
         epilog="examples:\n  moodleops platform upgrade                 # what would change\n"
                "  moodleops platform upgrade --apply --delay 10 --operator jdupont\n"
                "exit status:\n  0  upgraded (or dry run clean)\n  1  refused or failed (rolled back if it "
-               "had started)\n  2  invalid inventory\n")
+               "had started)\n  2  invalid inventory\n  4  a host could not be reached over SSH: nothing "
+               "was changed on it\n")
     upgrade.add_argument("--apply", action="store_true", help="really upgrade (default: dry run)")
     upgrade.add_argument("--delay", type=int, default=0, metavar="MINUTES",
                          help="announce maintenance this many minutes before it starts")

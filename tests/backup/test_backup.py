@@ -250,7 +250,7 @@ def test_4_corrupted_object_is_detected_and_named(stack: Rehearsal, capsys: pyte
     local.unlink()        # so that the restore has to fetch it
     latest = manifest.list_ids(s3, cfg)[-1]
     capsys.readouterr()
-    assert cli(stack, "restore", "--manifest", latest, "--target-inventory", str(stack.env), "--confirm") == 3
+    assert cli(stack, "restore", "--manifest", latest, "--target-inventory", str(stack.env), "--confirm") == 6
     err = capsys.readouterr().err
     assert key in err and "corrupted" in err
     # Nothing else was touched: the database still answers, maintenance is off.

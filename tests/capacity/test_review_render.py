@@ -73,7 +73,7 @@ def test_review_without_enough_history_still_renders(tmp_path: Path) -> None:
                            "--history", str(hist), "--out", str(tmp_path / "o"))
     assert code == 0, err
     html = next((tmp_path / "o").glob("*.html")).read_text()
-    assert "No forecast: history of &#x27;ifsi_millau&#x27; is too short" in html
+    assert "No forecast: history of &#39;ifsi_millau&#39; is too short" in html
 
 
 def test_review_data_of_another_school_is_refused(tmp_path: Path) -> None:

@@ -53,3 +53,24 @@ def test_run_summary_without_requests_or_workers_is_refused(tmp_path: Path) -> N
     other.write_text(json.dumps({"schema": "something-else/1"}))
     with pytest.raises(CapacityError, match="schema 'something-else/1' is not valid"):
         sizing.read_any([other], 8)
+
+
+def test_peak_window_and_sampled_workers_per_node(tmp_path: Path) -> None:
+    """A run on two web nodes: throughput per worker is the peak window's rate
+    over the workers both pools held then, and each node's figures are noted."""
+    path = _run_summary(tmp_path / "two.json", 60, 10.0, 900.0)
+    doc = json.loads(path.read_text())
+    doc["peak_window"] = {"from_s": 20.0, "to_s": 40.0, "totals": {"rps": 30.0, "p95_ms": 1800.0}}
+    doc["server"] = {"samples": [
+        {"t": 10.0, "cpu": {"web1": 0.2, "web2": 0.2}, "php_fpm": {"web1": {"total": 20}, "web2": {"total": 20}}},
+        {"t": 25.0, "cpu": {"web1": 0.95, "web2": 0.7}, "php_fpm": {"web1": {"total": 6}, "web2": {"total": 4}}},
+        {"t": 35.0, "cpu": {"web1": 0.9, "web2": 0.8}, "php_fpm": {"web1": {"total": 5}, "web2": {"total": 6}}}]}
+    path.write_text(json.dumps(doc))
+    load = sizing.from_runs([path], php_fpm_workers=None)
+    assert load.php_fpm_workers == 12                       # 6 + 6 in the window, not the 40 outside it
+    assert load.throughput_rps_per_worker == pytest.approx(30.0 / 12)
+    assert [(p.users, p.p95_ms) for p in load.p95_by_users] == [(60, 1800)]
+    assert any("2 web nodes" in n and "web1 6 workers / CPU peak 95%" in n for n in load.notes)
+    # Without samples and without a worker count there is nothing to divide by.
+    with pytest.raises(CapacityError, match="no php-fpm samples"):
+        sizing.from_runs([_run_summary(tmp_path / "bare.json", 10, 4.0, 500.0)], None)

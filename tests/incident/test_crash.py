@@ -80,7 +80,7 @@ def _check_traced_and_blocked(world, before: dict[str, int], capsys) -> str:
     changed = {world.username(k) for k in now if now[k] != before[k]}
     assert changed <= planned, f"changed without a journal trace: {changed - planned}"
     capsys.readouterr()
-    assert main(_cli(world, "suspend", "--users", world.username("b1"), *WHY, "--apply")) == 5
+    assert main(_cli(world, "suspend", "--users", world.username("b1"), *WHY, "--apply")) == 7
     err = capsys.readouterr().err
     assert inc.id in err and "incident recover" in err
     assert _suspended(world)["b1"] == before["b1"]

@@ -5,6 +5,7 @@ checkout copy, and the rest of the CLI says plainly that it is not there."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -30,7 +31,8 @@ def _venv(*args: str) -> subprocess.CompletedProcess[str]:
 def test_the_exporter_venv_holds_the_wheel_and_the_exporter_extra_only(provisioned: PlaybookResult | None) -> None:
     listed = _venv("python", "-m", "pip", "list", "--format=json", "--disable-pip-version-check")
     assert listed.returncode == 0, listed.stderr
-    names = {p["name"].lower() for p in json.loads(listed.stdout)}
+    # PEP 503 names: pip lists a distribution as its metadata spells it (prometheus_client).
+    names = {re.sub(r"[-_.]+", "-", p["name"]).lower() for p in json.loads(listed.stdout)}
     assert names & CONTROLLER_ONLY == set()
     assert {"ut-moodle-ops", "psycopg", "prometheus-client", "numpy", "pyyaml"} <= names
     # Installed from the wheel, not editable from a copy of the checkout.

@@ -87,6 +87,15 @@ def test_rules_and_alertmanager_are_loaded(mon: dict[str, Any], local_inventory:
     assert "email_configs" not in original and "smtp_smarthost" not in original
 
 
+def test_watch_and_stock_exporters_are_scraped(mon: dict[str, Any]) -> None:
+    for job, metric in (("moodle_watch", "moodle_cron_lag_seconds"), ("postgres", "pg_up"),
+                        ("nginx", "nginx_connections_active"), ("process", "namedprocess_namegroup_num_procs")):
+        assert wait_for(mon["prometheus"], f'up{{job="{job}"}} == 1', 90), f"Prometheus does not scrape {job}"
+        assert wait_for(mon["prometheus"], f'{metric}{{job="{job}"}}', 30), f"no {metric} from {job}"
+    assert wait_for(mon["prometheus"], 'namedprocess_namegroup_num_procs{groupname="nginx"} > 0', 30)
+    assert float(wait_for(mon["prometheus"], 'pg_up{job="postgres"}', 30)[0]["value"][1]) == 1
+
+
 def test_node_exporter_answers(mon: dict[str, Any]) -> None:
     body = requests.get(f"{mon['node_exporter']}/metrics", timeout=5).text
     assert "node_filesystem_avail_bytes" in body
@@ -95,7 +104,9 @@ def test_node_exporter_answers(mon: dict[str, Any]) -> None:
 
 def test_everything_listens_on_loopback_only(mon: dict[str, Any]) -> None:
     s = mon["settings"]
-    ports = {int(s[f"monitoring_{n}_port"]) for n in ("exporter", "prometheus", "alertmanager", "node_exporter")}
+    ports = {int(s[f"monitoring_{n}_port"]) for n in ("exporter", "prometheus", "alertmanager", "node_exporter",
+                                                      "watch", "postgres_exporter", "nginx_exporter",
+                                                      "process_exporter", "nginx_status")}
     listening = subprocess.run(["ss", "-Hltn"], capture_output=True, text=True, check=True).stdout.split("\n")
     seen: dict[int, list[str]] = {}
     for line in listening:

@@ -26,7 +26,7 @@ def test_ansible_lint_is_clean() -> None:
 
 
 @pytest.mark.parametrize("playbook", sorted(p.name for p in (REPO_ROOT / "playbooks").glob("*.yml")))
-@pytest.mark.parametrize("env", ["local", "production"])
+@pytest.mark.parametrize("env", ["local", "production", "rehearsal"])
 def test_every_playbook_parses_for_every_inventory(playbook: str, env: str) -> None:
     out = _run(str(BIN / "ansible-playbook"), "--syntax-check", "-i", f"inventory/{env}/hosts.yml",
                f"playbooks/{playbook}")

@@ -40,6 +40,7 @@ def world(moodle: MoodleCLI, local_inventory: Inventory) -> Iterator[World]:
                    "filename": f"f{i}.txt", "content": u.content} for i, u in enumerate(w.uploads)],
         "recycle": {"school": 0, "year": 0, "course": f"t5{w.tag}-A1-doomed", "content": w.recycle_content},
         "users": w.users,
+        "cases": w.cases,
     }
     try:
         w.built = moodle.tool(str(FIXTURE), payload=payload, timeout=600)

@@ -25,7 +25,7 @@ $fs = get_file_storage();
 function stored(stored_file $f): array {
     return ['contenthash' => $f->get_contenthash(), 'filesize' => (int)$f->get_filesize(),
             'contextid' => (int)$f->get_contextid(), 'component' => $f->get_component(),
-            'filearea' => $f->get_filearea()];
+            'filearea' => $f->get_filearea(), 'filename' => $f->get_filename()];
 }
 
 function put(file_storage $fs, int $contextid, string $component, string $area, int $itemid,
@@ -143,6 +143,82 @@ foreach ($in['users'] as $spec) {
         \core\session\manager::set_user(get_admin());
     }
     $out['users'][] = $u;
+}
+// The cases of issue 15, each as a Moodle user would make them.
+if (!empty($in['cases'])) {
+    require_once($CFG->dirroot . '/backup/util/includes/backup_includes.php');
+    require_once($CFG->dirroot . '/repository/lib.php');
+    $c = $in['cases'];
+    $teacher = $DB->get_record('user', ['id' => $out['users'][$c['teacher']]['id']], '*', MUST_EXIST);
+    $area = function (int $contextid, string $component, string $filearea, int $itemid) use ($fs): array {
+        return array_values(array_map('stored', $fs->get_area_files($contextid, $component, $filearea, $itemid,
+                                                                      'id', false)));
+    };
+    $cases = [];
+    foreach ([$c['upload']['course'], $c['backup']['course']] as $name) {
+        $gen->enrol_user($teacher->id, $courses[$name]->id, 'editingteacher');
+    }
+    \core\session\manager::set_user($teacher);
+    $uctx = context_user::instance($teacher->id);
+
+    // An upload: the file picker puts it in a draft, the form's save copies it into
+    // the course; the draft stays until cron purges it (4 days).
+    $draftid = file_get_unused_draft_itemid();
+    put($fs, $uctx->id, 'user', 'draft', $draftid, 'upload.txt', $c['upload']['content']);
+    $cctx = context_course::instance($courses[$c['upload']['course']]->id);
+    file_save_draft_area_files($draftid, $cctx->id, 'course', 'summary', 0);
+    $cases['upload'] = ['saved' => $area($cctx->id, 'course', 'summary', 0),
+                        'draft' => $area($uctx->id, 'user', 'draft', $draftid)];
+
+    // Edit forms opened on areas with files: file_prepare_draft_area copies them into drafts.
+    $cases['prepared'] = [];
+    foreach ($c['prepare'] as $k) {
+        $f = $out['files'][$k];
+        $d = 0;
+        file_prepare_draft_area($d, $f['contextid'], $f['component'], $f['filearea'], 0);
+        $cases['prepared'][] = ['upload' => $k, 'draft' => $area($uctx->id, 'user', 'draft', $d)];
+    }
+
+    // An alias (file reference through the "Server files" repository) to a file of another course.
+    \core\session\manager::set_user(get_admin());
+    $t = $out['files'][$c['alias']['target']];
+    $orig = $fs->get_file($t['contextid'], $t['component'], $t['filearea'], 0, '/', $c['alias']['target_name']);
+    $repo = $DB->get_record_sql("SELECT ri.id FROM {repository_instances} ri JOIN {repository} r ON r.id = ri.typeid
+                                  WHERE r.type = 'local' AND r.visible = 1", [], IGNORE_MULTIPLE);
+    if (!$repo) {
+        throw new moodle_exception('the "Server files" repository (local) is not enabled');
+    }
+    $actx = context_course::instance($courses[$c['alias']['course']]->id);
+    $alias = $fs->create_file_from_reference(['contextid' => $actx->id, 'component' => 'course',
+        'filearea' => 'summary', 'itemid' => 0, 'filepath' => '/', 'filename' => 'alias.txt'],
+        $repo->id, file_storage::pack_reference([
+            'contextid' => $orig->get_contextid(), 'component' => $orig->get_component(),
+            'filearea' => $orig->get_filearea(), 'itemid' => $orig->get_itemid(),
+            'filepath' => $orig->get_filepath(), 'filename' => $orig->get_filename()]));
+    $alias->sync_external_file();
+    $cases['alias'] = $area($actx->id, 'course', 'summary', 0);
+
+    // A teacher's course backup, kept in their private backup area (user/backup).
+    \core\session\manager::set_user($teacher);
+    $courseid = $courses[$c['backup']['course']]->id;
+    $bc = new backup_controller(backup::TYPE_1COURSE, $courseid, backup::FORMAT_MOODLE,
+                                backup::INTERACTIVE_NO, backup::MODE_GENERAL, $teacher->id);
+    // The name the backup form gives (backup_ui_stage_schema), as a teacher gets it.
+    $plan = $bc->get_plan();
+    $plan->get_setting('filename')->set_value(backup_plan_dbops::get_default_backup_filename(
+        backup::FORMAT_MOODLE, backup::TYPE_1COURSE, $courseid, $plan->get_setting('users')->get_value(),
+        $plan->get_setting('anonymize')->get_value()));
+    $bc->execute_plan();
+    $bc->destroy();
+    $cases['backup'] = ['course_id' => (int)$courses[$c['backup']['course']]->id,
+                        'files' => $area($uctx->id, 'user', 'backup', 0)];
+    \core\session\manager::set_user(get_admin());
+
+    // A school's category moved under another school's category.
+    $m = $c['moved'];
+    core_course_category::get($out['schools'][$m['school']]['category_id'], MUST_EXIST, true)
+        ->change_parent($out['schools'][$m['under']]['category_id']);
+    $out['cases'] = $cases;
 }
 unset($out['top']);
 echo 'MOODLEOPS-JSON: ' . json_encode($out) . "\n";

@@ -39,7 +39,7 @@ def test_rules_are_valid() -> None:
 
 
 def test_every_alert_has_firing_and_quiet_unit_tests() -> None:
-    tests = sorted(RULES.glob("*_test.yml"))
+    tests = sorted(RULES.glob("storage*_test.yml"))   # moodle_test.yml: tests/monitoring
     proc = run(PROMTOOL, "test", "rules", *map(str, tests))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     alerts = {r["alert"] for g in yaml.safe_load((RULES / "storage.yml").read_text())["groups"]

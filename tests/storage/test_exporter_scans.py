@@ -52,3 +52,28 @@ def test_scan_runs_in_another_process_and_a_crash_there_is_an_error(scan_config:
     st = ex.state()
     assert st.errors == 1 and not st.ok and ex.is_stale()
     assert "crashed" in st.last_error and "AttributeError" in st.last_error
+
+
+def test_data_paths_are_asked_again_until_moodle_answers(tmp_path: Path) -> None:
+    """At start-up Moodle could not tell its data paths (defaults used): each scan asks
+    again, and once it answers its paths are used and it is not asked any more."""
+    defaults = StoragePaths.defaults(tmp_path / "guess")
+    real = StoragePaths.defaults(tmp_path / "moodledata")
+    cfg = ScanConfig(db=DbTarget("127.0.0.1", 1, "none", "none", "", "mdl_"), schools=(), paths=defaults,
+                     pool_bytes=1, accounts=AccountPolicy("cohort", "", "", (), 8, 31))
+    answers = [None, real]
+    asked: list[int] = []
+    seen: list[Path] = []
+
+    def source() -> StoragePaths | None:
+        asked.append(1)
+        return answers.pop(0)
+
+    def scanner(c: ScanConfig) -> ScanResult:
+        seen.append(c.paths.filedir)
+        raise RuntimeError("no database in this test")
+
+    ex = StorageExporter(cfg, PoolPolicy(0.8, 0.9), scanner=scanner, paths_source=source)
+    for _ in range(3):
+        ex.scan_once()
+    assert seen == [defaults.filedir, real.filedir, real.filedir] and len(asked) == 2

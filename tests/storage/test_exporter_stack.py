@@ -64,7 +64,7 @@ def test_exporter_serves_the_scan_on_loopback(world: World, scan_config: ScanCon
         assert value(m, "moodleops_exporter_scans_total") == 1
         assert max(timings) < 0.5
         labels = {k for (_, lbls) in m for k, _ in lbls}
-        assert labels <= {"bucket", "school"}
+        assert labels <= {"bucket", "school", "where", "problem"}   # bounded: codes and fixed names
     finally:
         server.shutdown()   # type: ignore[attr-defined]
 

@@ -610,10 +610,17 @@ def test_cli_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[
     assert "usage: moodleops" in capsys.readouterr().err
 
 
-def test_cli_does_not_swallow_unknown_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_does_not_swallow_unknown_errors(monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    # A bug is not dressed up as an operator's error: its own status (70), its
+    # type and message on one line, and the traceback with --debug.
     def boom(*args: object, **kwargs: object) -> Inventory:
         raise RuntimeError("a bug, not an inventory problem")
 
     monkeypatch.setattr("moodleops.inventory.cli.validate", boom)
-    with pytest.raises(RuntimeError, match="a bug"):
-        main(["inventory", "check"])
+    assert main(["inventory", "check"]) == 70
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "internal error: RuntimeError: a bug" in err and "--debug" in err
+    assert main(["--debug", "inventory", "check"]) == 70
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.rstrip().splitlines()[-1].startswith("moodleops: internal error:")

@@ -1,0 +1,62 @@
+"""The users of a firing alert, from Alertmanager's API, as a runbook's scope.
+
+`moodleops incident messaging suspend --users-from-alert MoodleMassMailingByUser`
+takes the `username` label of every alert of that name Alertmanager holds as
+active (not silenced, not inhibited, not resolved). The runbook itself stays as
+always: a dry run first, --apply to act."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import requests
+
+from moodleops.incident.errors import IncidentError
+from moodleops.inventory import Inventory
+
+ALERT_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+TIMEOUT_S = 10.0
+
+
+def alertmanager_url(inv: Inventory) -> str:
+    """Alertmanager as the monitoring role installs it (its defaults, then the inventory)."""
+    from moodleops.platform.monitoring_health import monitoring_settings
+
+    s = monitoring_settings(inv)
+    host = str(s["monitoring_listen_address"])
+    host = f"[{host}]" if ":" in host else host
+    return f"http://{host}:{int(s['monitoring_alertmanager_port'])}"
+
+
+def firing_alerts(base_url: str, alertname: str) -> list[dict[str, Any]]:
+    if not ALERT_NAME.match(alertname):
+        raise IncidentError(f"--users-from-alert {alertname!r}: not an alert name (letters, digits, _)")
+    url = f"{base_url.rstrip('/')}/api/v2/alerts"
+    try:
+        resp = requests.get(url, params={"filter": f'alertname="{alertname}"', "active": "true",
+                                         "silenced": "false", "inhibited": "false", "unprocessed": "false"},
+                            timeout=TIMEOUT_S)
+        resp.raise_for_status()
+        alerts = resp.json()
+    except requests.RequestException as exc:
+        raise IncidentError(f"cannot read the alerts from Alertmanager at {url} ({type(exc).__name__}): "
+                            "check that it runs (supervisorctl status prometheus-alertmanager) or pass "
+                            "--alertmanager URL") from None
+    except ValueError:
+        raise IncidentError(f"Alertmanager at {url} answered something that is not JSON") from None
+    if not isinstance(alerts, list):
+        raise IncidentError(f"Alertmanager at {url} answered an unexpected document (expected a list)")
+    return [a for a in alerts if isinstance(a, dict) and a.get("status", {}).get("state") == "active"]
+
+
+def users_of_alert(base_url: str, alertname: str) -> list[str]:
+    """Usernames of the alert's active instances, sorted; an error when there are none."""
+    alerts = firing_alerts(base_url, alertname)
+    names = sorted({str(a["labels"]["username"]) for a in alerts
+                    if isinstance(a.get("labels"), dict) and a["labels"].get("username")})
+    if not names:
+        what = "no active alert" if not alerts else "active alerts, but none with a username label"
+        raise IncidentError(f"--users-from-alert {alertname}: {what} in Alertmanager at {base_url} "
+                            "(nothing to do; give --users instead)")
+    return names

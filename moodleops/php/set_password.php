@@ -1,0 +1,21 @@
+<?php
+// Set a local account's password through Moodle (update_internal_user_password),
+// reading it from stdin so that it never appears on a command line:
+// install_database.php insists on --adminpass, so the install runs with a
+// throwaway password and this helper sets the real one right after.
+//   php set_password.php /srv/moodle/current/config.php < {"username": "admin", "password": "..."}
+// stdout: MOODLEOPS-JSON: {"changed": bool}
+require(__DIR__ . '/_bootstrap.php');
+
+$request = moodleops_request('password');
+$user = $DB->get_record('user', ['username' => (string)($request['username'] ?? ''),
+    'mnethostid' => $CFG->mnet_localhost_id, 'deleted' => 0]);
+if (!$user) {
+    fwrite(STDERR, "no local account named " . ($request['username'] ?? '') . "\n");
+    exit(2);
+}
+$changed = !validate_internal_user_password($user, (string)$request['password']);
+if ($changed) {
+    update_internal_user_password($user, (string)$request['password']);
+}
+moodleops_reply(['changed' => $changed]);

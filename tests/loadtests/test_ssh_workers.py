@@ -1,0 +1,145 @@
+"""Remote Locust workers started by the toolkit over SSH, for real: an sshd
+this test starts on 127.0.0.1 (its own port, generated host and client keys,
+stopped at the end) plays the load generator; master, workers and Moodle are
+all on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from moodleops.loadtests import fixture as fx
+from moodleops.loadtests.model import load_model
+from moodleops.loadtests.runner import RunRequest, make_plan, run
+from moodleops.loadtests.ssh import RemoteWorkers, SshOptions, WorkerHostError
+
+from moodleops.cli import main
+from moodleops.inventory import Host, Inventory, load_inventory
+from moodleops.site import Site
+
+SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+LOOP = Host("gen-loop", "127.0.0.1", ("loadgen",))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _keygen(path: Path) -> str:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
+    return path.with_suffix(".pub").read_text(encoding="ascii").strip()
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshOptions]:
+    if not os.path.exists(SSHD):
+        pytest.fail("sshd is missing: ./ops test installs openssh-server (requirements-test-debian.txt)")
+    d = tmp_path_factory.mktemp("sshd")
+    host_pub = _keygen(d / "host_key")
+    client_pub = _keygen(d / "client_key")
+    (d / "authorized_keys").write_text(client_pub + "\n", encoding="ascii")
+    port = _free_port()
+    (d / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_pub}\n", encoding="ascii")
+    (d / "sshd_config").write_text(f"""\
+Port {port}
+ListenAddress 127.0.0.1
+HostKey {d / 'host_key'}
+AuthorizedKeysFile {d / 'authorized_keys'}
+PidFile {d / 'sshd.pid'}
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin prohibit-password
+UsePAM no
+StrictModes no
+""", encoding="ascii")
+    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)     # sshd's privilege-separation directory
+    with open(d / "sshd.log", "wb") as log:
+        proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(d / "sshd_config")], stderr=log)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"sshd did not start: {(d / 'sshd.log').read_text(errors='replace')[-400:]}")
+            time.sleep(0.1)
+    yield SshOptions(user="root", port=port, identity=d / "client_key", known_hosts=d / "known_hosts",
+                     remote_dir=str(d / "remote"))
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def test_workers_that_do_not_leave_are_killed_over_ssh(sshd: SshOptions, tmp_path: Path) -> None:
+    """A worker whose master never answers: stop() kills it through its pid file
+    and removes the plan; nothing is left on the load generator."""
+    # A real plan (the worker loads it and then waits for its master).
+    record = {"quiz_questions": 2, "password": "not-in-argv", "course_id": 1, "forum_cmid": 1, "discussion_id": 1,
+              "discussion_post_id": 1, "resource_cmid": 1, "quiz_cmid": 1, "assign_cmid": 1,
+              "students": [{"username": f"s{i}"} for i in range(9)], "trainers": [{"username": "t1"}]}
+    req = RunRequest(shape="smoke", users=4, duration_s=20, workers=1, think_scale=0.01, scale=1.0, start_hour=0.0,
+                     results_dir=tmp_path, target="http://127.0.0.1:9")
+    inv = load_inventory("local")
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps(make_plan(req, inv, load_model(inv), record)), encoding="utf-8")
+    workers = RemoteWorkers([LOOP], sshd)
+    workers.start(plan, 1, "127.0.0.1", _free_port())       # no master there
+    remote = Path(sshd.remote_dir)
+    deadline = time.monotonic() + 10
+    while not list(remote.glob("worker-*.pid")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    pid = int(next(remote.glob("worker-*.pid")).read_text().strip())
+    assert oct(next(remote.glob("plan-*.json")).stat().st_mode & 0o777) == "0o600"
+    # The secret travelled on stdin, never in a command line.
+    assert b"not-in-argv" not in Path(f"/proc/{pid}/cmdline").read_bytes()
+    problems = workers.stop(wait_s=1)
+    assert problems == ["worker 0 on gen-loop did not stop with the master: killed"]
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not Path(f"/proc/{pid}").exists()
+    assert list(remote.iterdir()) == []
+
+
+def test_an_unknown_host_key_is_refused_in_one_line(sshd: SshOptions, tmp_path: Path) -> None:
+    other = tmp_path / "known_hosts"
+    other.write_text(f"[127.0.0.1]:{sshd.port} {_keygen(tmp_path / 'other')}\n", encoding="ascii")
+    plan = tmp_path / "plan.json"
+    plan.write_text("{}", encoding="utf-8")
+    bad = SshOptions(user="root", port=sshd.port, identity=sshd.identity, known_hosts=other,
+                     remote_dir=sshd.remote_dir)
+    with pytest.raises(WorkerHostError, match=r"ssh to load generator gen-loop \(127\.0\.0\.1:\d+\) failed"):
+        RemoteWorkers([LOOP], bad).start(plan, 1, "127.0.0.1", _free_port())
+
+
+@pytest.mark.stack
+def test_a_run_with_two_workers_started_over_ssh(sshd: SshOptions, site: Site, local_inventory: Inventory,
+                                                 tmp_path: Path, moodle) -> None:
+    fxdir = tmp_path / "fixtures"
+    prefix = fx.new_prefix()
+    assert main(["loadtest", "prepare", "--prefix", prefix, "--students", "8", "--trainers", "2", "--courses", "2",
+                 "--questions", "2", "--fixture-dir", str(fxdir)]) == 0
+    try:
+        req = RunRequest(shape="smoke", users=4, duration_s=20, workers=2, think_scale=0.01, scale=1.0,
+                         start_hour=0.0, results_dir=tmp_path / "run", target=site.wwwroot,
+                         ssh_hosts=(LOOP,), ssh=sshd)
+        summary = run(req, local_inventory, load_model(local_inventory), fx.load_fixture(fxdir, prefix),
+                      echo=False, site=site)
+    finally:
+        assert main(["loadtest", "cleanup", "--prefix", prefix, "--yes", "--fixture-dir", str(fxdir)]) == 0
+    assert summary["workers"] == 2
+    assert summary["totals"]["failures"] == 0, summary["pages"]
+    # The workers' requests reached the master (requests.csv) and Locust's statistics alike.
+    assert summary["steady"]["totals"]["requests"] == summary["totals"]["requests"] > 0
+    assert summary["pages"]["quiz:submit"]["requests"] >= 2
+    assert list(Path(sshd.remote_dir).iterdir()) == []          # plan and pid files removed

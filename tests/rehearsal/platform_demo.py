@@ -1,0 +1,107 @@
+"""Demonstration 1 of #13, the part that runs today: the platform provisioned
+by site.yml onto the rehearsal's separate hosts over SSH (db1, data1, web1,
+web2, lb1), Moodle answering through lb1 from both web nodes (named in
+X-Served-By), an admin session started on one node continuing on the other,
+cron on exactly one node, and a second run changing nothing.
+
+Not collected by the default run (CI): it costs ~25 min on this machine under
+load and its session, cron and release checks have not passed yet (see
+docs/rehearsal.md). Run it by name:
+    ./ops test tests/rehearsal/platform_demo.py -x -q
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from moodleops import REPO_ROOT
+from moodleops.inventory import load_inventory
+from moodleops.platform.ansible import PlaybookResult, run_playbook
+from moodleops.rehearsal import lxc, ssh
+from moodleops.rehearsal.spec import load_rehearsal
+from moodleops.webclient import login
+
+INV = load_inventory("rehearsal")
+SPEC = load_rehearsal(INV)
+LB = SPEC.host("lb1")
+WWWROOT = f"https://{LB.address}"
+# mon1 is in the run as a moodledata client; its monitoring role is #19's to rework.
+PLAY = ["--limit", "lb1,web1,web2,db1,data1,mon1", "--skip-tags", "monitoring"]
+
+
+def moodleops(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "moodleops.cli", *args], capture_output=True, text=True,
+                          timeout=1800, cwd=REPO_ROOT, check=False, stdin=subprocess.DEVNULL)
+
+
+def on(host: str, command: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(ssh.ssh_argv(SPEC, SPEC.host(host), command), capture_output=True, text=True,
+                          timeout=60, check=False)
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[PlaybookResult, PlaybookResult, Path]]:
+    if lxc.missing_tools():
+        pytest.fail("lxc is not installed: ./ops test installs it (apt-get install lxc debootstrap)")
+    up = moodleops("rehearsal", "up")
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        first = run_playbook(INV, "site.yml", PLAY, echo=False)
+        assert first.ok, "\n".join(first.output[-80:])
+        second = run_playbook(INV, "site.yml", PLAY, echo=False)
+        ca = tmp_path_factory.mktemp("tls") / "lb1.crt"
+        ca.write_text(on("lb1", "cat /etc/ssl/moodleops/moodle.crt").stdout, encoding="utf-8")
+        yield first, second, ca
+    finally:
+        moodleops("rehearsal", "down")
+
+
+def test_second_run_changes_nothing(platform: tuple[PlaybookResult, PlaybookResult, Path]) -> None:
+    _, second, _ = platform
+    assert second.ok, "\n".join(second.output[-80:])
+    assert second.changed == dict.fromkeys(second.changed, 0), second.changed
+
+
+def test_moodle_answers_through_lb1_from_both_nodes(platform: tuple[PlaybookResult, PlaybookResult, Path]) -> None:
+    _, _, ca = platform
+    served = set()
+    for _ in range(8):
+        resp = requests.get(f"{WWWROOT}/login/index.php", verify=str(ca), timeout=30)
+        assert resp.status_code == 200 and 'name="logintoken"' in resp.text, resp.status_code
+        served.add(resp.headers["X-Served-By"])
+    assert served == {"web1", "web2"}
+
+
+def test_admin_session_continues_across_nodes(platform: tuple[PlaybookResult, PlaybookResult, Path]) -> None:
+    _, _, ca = platform
+    http = requests.Session()
+    # Only lb1's certificate: no CA bundle from the environment may override it.
+    http.trust_env = False
+    http.verify = str(ca)
+    password = (SPEC.state_dir / "secrets" / "admin_password").read_text(encoding="utf-8").strip()
+    session = login(WWWROOT, "admin", password, http=http)
+    nodes = set()
+    for _ in range(6):
+        resp = session.get("/my/", allow_redirects=True)
+        assert "/login/index.php" not in resp.url and f'"sesskey":"{session.sesskey}"' in resp.text
+        nodes.add(resp.headers["X-Served-By"])
+    # One session, seen alive by both nodes (sessions are in the database).
+    assert nodes == {"web1", "web2"}
+
+
+def test_cron_runs_on_exactly_one_node(platform: tuple[PlaybookResult, PlaybookResult, Path]) -> None:
+    timers = {node: on(node, "systemctl is-enabled moodle-cron.timer").stdout.strip() for node in ("web1", "web2")}
+    assert timers["web1"] == "enabled" and timers["web2"] != "enabled", timers
+
+
+def test_each_node_has_its_own_release_and_current(platform: tuple[PlaybookResult, PlaybookResult, Path]) -> None:
+    targets = {node: on(node, "readlink /srv/moodle/current").stdout.strip() for node in ("web1", "web2")}
+    assert targets["web1"] == targets["web2"] and targets["web1"].startswith("/srv/moodle/releases/"), targets
+    for node in ("web1", "web2"):
+        assert on(node, f"test -f {targets[node]}/version.php").returncode == 0, node

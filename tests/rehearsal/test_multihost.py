@@ -1,0 +1,103 @@
+"""The roles on separate hosts, over SSH: PostgreSQL on db1 admits the web and
+monitoring hosts and nobody else; moodledata is served by data1 and the same
+files are seen from both web nodes and the monitoring host; a second run
+changes nothing."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from moodleops import REPO_ROOT
+from moodleops.inventory import load_inventory
+from moodleops.platform.ansible import PlaybookResult, run_playbook
+from moodleops.rehearsal import lxc, ssh
+from moodleops.rehearsal.spec import load_rehearsal
+
+INV = load_inventory("rehearsal")
+SPEC = load_rehearsal(INV)
+SECRETS = SPEC.state_dir / "secrets"
+PLAY = ["--limit", "db1,data1,web1,web2,mon1,gen1", "--tags", "base,postgresql,moodledata"]
+
+
+def moodleops(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "moodleops.cli", *args], capture_output=True, text=True,
+                          timeout=1800, cwd=REPO_ROOT, check=False, stdin=subprocess.DEVNULL)
+
+
+def on(host: str, command: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(ssh.ssh_argv(SPEC, SPEC.host(host), command), input=stdin, capture_output=True,
+                          text=True, timeout=60, check=False)
+
+
+@pytest.fixture(scope="module")
+def played() -> Iterator[tuple[PlaybookResult, PlaybookResult]]:
+    if lxc.missing_tools():
+        pytest.fail("lxc is not installed: ./ops test installs it (apt-get install lxc debootstrap)")
+    up = moodleops("rehearsal", "up")
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        first = run_playbook(INV, "site.yml", PLAY, echo=False)
+        assert first.ok, "\n".join(first.output[-60:])
+        second = run_playbook(INV, "site.yml", PLAY, echo=False)
+        yield first, second
+    finally:
+        moodleops("rehearsal", "down")
+
+
+def test_second_run_changes_nothing(played: tuple[PlaybookResult, PlaybookResult]) -> None:
+    _, second = played
+    assert second.ok, "\n".join(second.output[-60:])
+    assert second.changed == dict.fromkeys(second.changed, 0), second.changed
+    assert set(second.changed) == {"db1", "data1", "web1", "web2", "mon1", "gen1"}
+
+
+def _psql(host: str) -> subprocess.CompletedProcess[str]:
+    # The password goes over stdin, never into an argument.
+    db = SPEC.host("db1").address
+    return on(host, f"read -r PGPASSWORD; export PGPASSWORD; psql -h {db} -U moodle -d moodle -tAc "
+                    "'select inet_client_addr()'", (SECRETS / "db_password").read_text(encoding="utf-8") + "\n")
+
+
+@pytest.mark.parametrize("client", ["web1", "web2", "mon1"])
+def test_database_admits_the_platform_hosts(played: tuple[PlaybookResult, PlaybookResult], client: str) -> None:
+    proc = _psql(client)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == SPEC.host(client).address
+
+
+def test_database_refuses_other_hosts(played: tuple[PlaybookResult, PlaybookResult]) -> None:
+    proc = _psql("gen1")
+    assert proc.returncode != 0
+    assert f'no pg_hba.conf entry for host "{SPEC.host("gen1").address}"' in proc.stderr
+
+
+def test_moodledata_is_one_filesystem_for_the_web_and_monitoring_hosts(
+        played: tuple[PlaybookResult, PlaybookResult]) -> None:
+    token = os.urandom(8).hex()
+    wrote = on("web1", f"sudo -u www-data sh -c 'mkdir -p /srv/moodledata/t && echo {token} > "
+                       f"/srv/moodledata/t/{token}'")
+    assert wrote.returncode == 0, wrote.stderr
+    for host in ("web2", "mon1"):
+        proc = on(host, f"findmnt -no FSTYPE /srv/moodledata; sudo cat /srv/moodledata/t/{token}")
+        assert proc.stdout.split() == ["fuse.sshfs", token], (host, proc.stdout, proc.stderr)
+    # On data1 it is a plain directory, the file owned by the web user as on a local disk.
+    proc = on("data1", f"sudo findmnt -no FSTYPE -T /srv/moodledata/t/{token}; sudo stat -c %U /srv/moodledata/t/{token}")
+    assert proc.stdout.split()[1:] == ["www-data"] and proc.stdout.split()[0] != "fuse.sshfs", proc.stdout
+    on("web1", "sudo -u www-data rm -rf /srv/moodledata/t")
+
+
+def test_moodledata_is_sftp_only_and_for_the_clients_only(played: tuple[PlaybookResult, PlaybookResult]) -> None:
+    data1 = SPEC.host("data1").address
+    # A client's key gives SFTP, no shell.
+    shell = on("web1", f"sudo ssh -i /root/.ssh/moodledata_ed25519 -o BatchMode=yes www-data@{data1} id")
+    assert "uid=" not in shell.stdout
+    # gen1 is no client: it has no key authorised there.
+    assert on("gen1", "test -e /root/.ssh/moodledata_ed25519 || echo none").stdout.strip() in ("none", "")
+    keys = on("data1", "sudo cat /etc/ssh/moodledata_authorized_keys").stdout
+    assert sorted(line.split()[-1] for line in keys.splitlines()) == \
+        ["moodledata@mon1", "moodledata@web1", "moodledata@web2"]
