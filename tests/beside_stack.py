@@ -51,9 +51,10 @@ def psql(sql: str, db: str = "postgres") -> str:
 
 def remove(b: Beside) -> None:
     """Exactly this instance's objects: its database (and the copies a rolled-back
-    upgrade keeps as <db>_failed_<run>), directories and vhost."""
+    upgrade keeps as <db>_failed_<run>, or a killed rollback left as <db>_restore_<run>),
+    directories and vhost."""
     for db in psql(f"SELECT datname FROM pg_database WHERE datname = '{b.db}' "
-                   f"OR datname LIKE '{b.db}\\_failed\\_%'").split():
+                   f"OR datname LIKE '{b.db}\\_failed\\_%' OR datname LIKE '{b.db}\\_restore\\_%'").split():
         psql(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
     for path in (b.base, b.state, b.backups):
         shutil.rmtree(path, ignore_errors=True)

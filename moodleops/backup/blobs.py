@@ -9,8 +9,8 @@ import base64
 import hashlib
 import os
 import re
-from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ from moodleops.backup.config import BackupConfig
 from moodleops.backup.progress import Progress
 from moodleops.backup.s3 import BackupError, list_keys
 
-_SHA1 = re.compile(r"^[0-9a-f]{40}$")
+SHA1_RE = re.compile(r"^[0-9a-f]{40}$")
 _CHUNK = 1024 * 1024
 
 
@@ -32,11 +32,15 @@ def local_path(filedir: Path, sha1: str) -> Path:
 
 
 def scan_filedir(filedir: Path) -> dict[str, int]:
-    """sha1 -> size of every pool file. Only names that are a sha1 at the right
-    place count: warning.txt, jackpot/ and <hash>.tmp are not content."""
-    out: dict[str, int] = {}
+    """sha1 -> size of every pool file (in memory: small trees, tests)."""
+    return dict(iter_filedir(filedir))
+
+
+def iter_filedir(filedir: Path) -> Iterator[tuple[str, int]]:
+    """(sha1, size) of every pool file, streamed. Only names that are a sha1 at
+    the right place count: warning.txt, jackpot/ and <hash>.tmp are not content."""
     if not filedir.is_dir():
-        return out
+        return
     for top in os.scandir(filedir):
         if not (top.is_dir(follow_symlinks=False) and len(top.name) == 2):
             continue
@@ -44,16 +48,18 @@ def scan_filedir(filedir: Path) -> dict[str, int]:
             if not (sub.is_dir(follow_symlinks=False) and len(sub.name) == 2):
                 continue
             for f in os.scandir(sub.path):
-                if _SHA1.match(f.name) and f.name[0:2] == top.name and f.name[2:4] == sub.name \
+                if SHA1_RE.match(f.name) and f.name[0:2] == top.name and f.name[2:4] == sub.name \
                         and f.is_file(follow_symlinks=False):
-                    out[f.name] = f.stat(follow_symlinks=False).st_size
-    return out
+                    try:
+                        yield f.name, f.stat(follow_symlinks=False).st_size
+                    except FileNotFoundError:
+                        continue        # deleted by Moodle while listed
 
 
 def bucket_blobs(s3: Any, cfg: BackupConfig) -> dict[str, int]:
     """sha1 -> size of every blob in the bucket (one paginated listing)."""
     prefix = cfg.key("blobs", "")
-    return {k[len(prefix):]: v["size"] for k, v in list_keys(s3, cfg, prefix).items() if _SHA1.match(k[len(prefix):])}
+    return {k[len(prefix):]: v["size"] for k, v in list_keys(s3, cfg, prefix).items() if SHA1_RE.match(k[len(prefix):])}
 
 
 @dataclass
@@ -67,6 +73,22 @@ class BlobReport:
     vanished: list[str] = field(default_factory=list)     # deleted by Moodle during the run (trash): fine
     corrupt: list[str] = field(default_factory=list)      # on-disk content does not match its name
     seconds: float = 0.0
+
+
+def bounded_map(fn: Callable[[Any], Any], items: Iterable[Any], workers: int) -> Iterator[Any]:
+    """fn over items on `workers` threads with at most 4 x workers items in
+    flight: memory stays flat however many blobs there are (an executor's map()
+    would submit them all at once)."""
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending: set[Future[Any]] = set()
+        for item in items:
+            pending.add(pool.submit(fn, item))
+            if len(pending) >= workers * 4:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    yield fut.result()
+        for fut in pending:
+            yield fut.result()
 
 
 def _read_verified(path: Path, sha1: str) -> bytes | None:
@@ -103,43 +125,61 @@ def _upload_large(s3: Any, cfg: BackupConfig, path: Path, key: str, sha1: str) -
 
 
 def upload_missing(s3: Any, cfg: BackupConfig, filedir: Path, local: dict[str, int],
-                   remote: dict[str, int]) -> BlobReport:
+                   remote: dict[str, int], trashdir: Path | None = None) -> BlobReport:
     """Send every local blob the bucket lacks (or holds with another size)."""
-    rep = BlobReport(total=len(local), total_bytes=sum(local.values()))
     todo = [(h, s) for h, s in local.items() if remote.get(h) != s]
+    rep = send_blobs(s3, cfg, filedir, todo, count=len(todo), nbytes=sum(s for _, s in todo), trashdir=trashdir)
+    rep.total, rep.total_bytes = len(local), sum(local.values())
     rep.skipped = rep.total - len(todo)
     rep.skipped_bytes = rep.total_bytes - sum(s for _, s in todo)
-    progress = Progress("filedir blobs", sum(s for _, s in todo), len(todo))
+    return rep
+
+
+def send_blobs(s3: Any, cfg: BackupConfig, filedir: Path, todo: Iterable[tuple[str, int]], *, count: int,
+               nbytes: int, trashdir: Path | None = None,
+               on_sent: Callable[[str, int], None] | None = None) -> BlobReport:
+    """Send the (sha1, size) blobs of `todo` (streamed: a bounded number in
+    flight). A blob gone from filedir meanwhile is looked for in trashdir (where
+    Moodle moves deleted content) before it counts as vanished. `on_sent` is
+    called, in the caller's thread, for each blob stored."""
+    rep = BlobReport()
+    progress = Progress("filedir blobs", nbytes, count)
+
+    def send(path: Path, sha1: str, size: int) -> bool:
+        key = blob_key(cfg, sha1)
+        if size > cfg.part_size:
+            return _upload_large(s3, cfg, path, key, sha1)
+        data = _read_verified(path, sha1)
+        if data is None:
+            return False
+        s3.put_object(Bucket=cfg.bucket, Key=key, Body=data, ServerSideEncryption=cfg.sse,
+                      ChecksumAlgorithm="SHA256",
+                      ChecksumSHA256=base64.b64encode(hashlib.sha256(data).digest()).decode(),
+                      Metadata={"sha1": sha1})
+        return True
 
     def one(item: tuple[str, int]) -> tuple[str, str, int]:
         sha1, size = item
-        path = local_path(filedir, sha1)
-        key = blob_key(cfg, sha1)
-        try:
-            if size > cfg.part_size:
-                ok = _upload_large(s3, cfg, path, key, sha1)
-            else:
-                data = _read_verified(path, sha1)
-                ok = data is not None
-                if data is not None:
-                    s3.put_object(Bucket=cfg.bucket, Key=key, Body=data, ServerSideEncryption=cfg.sse,
-                                  ChecksumAlgorithm="SHA256",
-                                  ChecksumSHA256=base64.b64encode(hashlib.sha256(data).digest()).decode(),
-                                  Metadata={"sha1": sha1})
-        except FileNotFoundError:
-            return sha1, "vanished", 0
-        progress.add(size, 1)
-        return sha1, "uploaded" if ok else "corrupt", size
+        places = [filedir] + ([trashdir] if trashdir is not None else [])
+        for place in places:
+            try:
+                ok = send(local_path(place, sha1), sha1, size)
+            except FileNotFoundError:
+                continue
+            progress.add(size, 1)
+            return sha1, "uploaded" if ok else "corrupt", size
+        return sha1, "vanished", 0
 
-    with ThreadPoolExecutor(max_workers=cfg.workers) as pool:
-        for sha1, outcome, size in pool.map(one, todo):
-            if outcome == "uploaded":
-                rep.uploaded += 1
-                rep.uploaded_bytes += size
-            elif outcome == "vanished":
-                rep.vanished.append(sha1)
-            else:
-                rep.corrupt.append(sha1)
+    for sha1, outcome, size in bounded_map(one, todo, cfg.workers):
+        if outcome == "uploaded":
+            rep.uploaded += 1
+            rep.uploaded_bytes += size
+            if on_sent is not None:
+                on_sent(sha1, size)
+        elif outcome == "vanished":
+            rep.vanished.append(sha1)
+        else:
+            rep.corrupt.append(sha1)
     rep.seconds = progress.elapsed()
     return rep
 
@@ -194,9 +234,8 @@ def fetch_blobs(s3: Any, cfg: BackupConfig, filedir: Path, needed: Iterable[str]
         progress.add(size, 1)
         return size
 
-    with ThreadPoolExecutor(max_workers=cfg.workers) as pool:
-        for size in pool.map(one, todo):
-            rep.fetched += 1
-            rep.fetched_bytes += size
+    for size in bounded_map(one, todo, cfg.workers):
+        rep.fetched += 1
+        rep.fetched_bytes += size
     rep.seconds = progress.elapsed()
     return rep

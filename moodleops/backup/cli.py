@@ -7,10 +7,12 @@ import argparse
 import json
 import sys
 from datetime import date, timedelta
+from pathlib import Path
 from typing import Any
 
-from moodleops.backup import manifest, restore, retention
+from moodleops.backup import manifest, markers, restore, retention, sealing
 from moodleops.backup.config import backup_config
+from moodleops.backup.index import BlobIndex
 from moodleops.backup.platform_backup import backup_lock, report_json, run_backup, work_dir
 from moodleops.backup.progress import human_bytes
 from moodleops.backup.s3 import BackupError, client
@@ -20,7 +22,7 @@ from moodleops.errors import DependencyError, S3Error
 from moodleops.faults import translate
 from moodleops.inventory import load_inventory
 from moodleops.platform.guard import PlatformHeld, platform_operation
-from moodleops.platform.lock import PlatformLockBusy, PlatformLockError
+from moodleops.platform.lock import PlatformLockBusy, PlatformLockError, platform_lock
 from moodleops.site import site_of
 
 EXIT = """\
@@ -113,13 +115,18 @@ def _guard(fn: Any) -> Any:
 
 def cmd_run_unguarded(args: argparse.Namespace) -> int:
     inv, site, cfg, s3 = _ctx(args.inventory)
-    with backup_lock(site):
-        rep = run_backup(s3, cfg, inv, site, fresh=args.fresh)
+    try:
+        # The one platform lock: a backup never overlaps an upgrade, a restore or an incident.
+        with platform_lock(site, "backup run"), backup_lock(site):
+            rep = run_backup(s3, cfg, inv, site, fresh=args.fresh)
+    except (PlatformLockBusy, PlatformLockError) as exc:
+        print(f"moodleops: backup failed: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 3
     if args.format == "json":
         print(json.dumps(report_json(rep), default=str))
     else:
         print("\n".join(rep.lines()))
-    return 1 if rep.blobs.corrupt else 0
+    return 1 if rep.blobs.corrupt or rep.missing else 0
 
 
 cmd_run = _guard(cmd_run_unguarded)
@@ -154,6 +161,12 @@ def cmd_prune(args: argparse.Namespace) -> int:
     _inv, site, cfg, s3 = _ctx(args.inventory)
     with backup_lock(site):
         p = retention.plan(s3, cfg, grace=timedelta(hours=args.grace_hours))
+        if p.in_progress:
+            print(f"backup(s) in progress elsewhere: {', '.join(p.in_progress)}: no blob, dump or archive is "
+                  "deleted this time (only manifests not kept)")
+        if p.stale_markers:
+            print(f"note: in-progress markers older than {markers.INPROGRESS_MAX_AGE} ignored (killed runs; the "
+                  f"next `backup run` resumes them): {', '.join(p.stale_markers)}")
         print(f"keep {len(p.keep)} backup(s): {', '.join(p.keep) or '-'}")
         print(f"drop {len(p.drop)} backup(s): {', '.join(p.drop) or '-'}")
         print(f"delete {len(p.keys)} manifest/dump/archive object(s) and {len(p.blobs)} blob(s) "
@@ -161,7 +174,14 @@ def cmd_prune(args: argparse.Namespace) -> int:
         if not args.confirm:
             print("dry run: nothing deleted (add --confirm to delete)")
             return 0
-        retention.apply(s3, cfg, p)
+        started, deleted = retention.apply(s3, cfg, p)
+        # This host's bucket index learns what went, so its next backup need not list the bucket.
+        idx = BlobIndex.for_bucket(site.state_dir, cfg)
+        try:
+            idx.forget(deleted)
+            idx.set_meta("prune_applied", started.isoformat())
+        finally:
+            idx.close()
         print("deleted")
     return 0
 
@@ -175,7 +195,9 @@ def cmd_restore(args: argparse.Namespace) -> int:
         key = manifest.resolve_key(cfg, args.manifest)
     except BackupError as exc:
         return _err(str(exc))
-    p = restore.plan(s3, cfg, key, target_inv, target)
+    p = restore.plan(s3, cfg, key, target_inv, target, allow_plugin_differences=args.allow_plugin_differences)
+    for diff in p.plugin_differences:
+        print(f"WARNING: plugin version differs (allowed by --allow-plugin-differences): {diff}")
     print(f"restore {key} (backup of {p.manifest['env']}, {p.manifest['site']['wwwroot']}) onto "
           f"'{target_inv.env}' {target.wwwroot}, database {target.db_name}, {target.dataroot}:")
     for i, step in enumerate(p.steps, 1):
@@ -190,6 +212,23 @@ def cmd_restore(args: argparse.Namespace) -> int:
         return _err(str(exc))
     print("\n".join(rep.lines()))
     print(f"Moodle serves the restored data at {target.wwwroot}")
+    return 0
+
+
+@_guard
+def cmd_keygen(args: argparse.Namespace) -> int:
+    inv = load_inventory(args.inventory)
+    site = site_of(inv)
+    if args.out:
+        out = Path(args.out)
+    elif site.secrets_dir is not None:
+        out = site.secrets_dir / sealing.KEY_NAME
+    else:
+        return _err("--out is required: this inventory has no local secrets directory (production keys "
+                    "go to the vault; MOODLEOPS_BACKUP_MANIFEST_KEY gives it to the backup commands)")
+    kid = sealing.write_new_key(out)
+    print(f"new manifest key {kid} written to {out} (mode 0600). Keep a copy in the vault: the secrets of every "
+          "backup sealed with it are unreadable without it.")
     return 0
 
 
@@ -281,15 +320,29 @@ def register(areas: argparse._SubParsersAction) -> None:
                                 "first (dump and archive sha256, each blob's sha1: a corrupted object stops the "
                                 "restore and is named), then maintenance on, the database replaced, moodledata "
                                 "folders replaced, caches purged, maintenance off. The target must run the "
-                                "same Moodle version as the backup. Its config.php is left as is (the manifest "
-                                "keeps the source's copy for a rebuild by hand).",
+                                "same Moodle version and, unless --allow-plugin-differences, the same plugin "
+                                "versions as the backup. Its config.php is left as is; the backup's copy (sealed "
+                                "in the manifest, decrypted with the backup_manifest_key secret) is written "
+                                "beside the target's state, mode 0600, for a rebuild by hand.",
                     epilog="examples:\n  moodleops backup restore --manifest 20290101T020000Z --target-inventory local\n"
                            "  moodleops backup restore --manifest 20290101T020000Z --target-inventory local "
                            "--confirm\n\n" + EXIT)
     p.add_argument("--manifest", required=True, metavar="ID|KEY", help="backup id or manifest key (see list)")
     p.add_argument("--target-inventory", required=True, metavar="ENV", help="inventory of the Moodle to overwrite")
     p.add_argument("--confirm", action="store_true", help="really replace the target's data (default: dry run)")
+    p.add_argument("--allow-plugin-differences", action="store_true",
+                   help="restore even if the target pins other plugin versions than the backup had")
     p.set_defaults(run=cmd_restore)
+
+    p = add_command(commands, "keygen", summary="make the key that seals the manifests' secrets",
+                    description="Write a new Fernet key (the backup_manifest_key secret) to --out, or to the "
+                                "inventory's local secrets directory, mode 0600; an existing key is never "
+                                "replaced. Backups seal config.php (the database password) with it before "
+                                "upload; restores need it. Keep a copy in the vault, never in the bucket.",
+                    epilog="examples:\n  moodleops backup keygen\n  moodleops backup keygen --out "
+                           "/root/backup_manifest_key\n\n" + EXIT)
+    p.add_argument("--out", metavar="FILE", help="where to write the key (default: <secrets dir>/backup_manifest_key)")
+    p.set_defaults(run=cmd_keygen)
 
     p = add_command(commands, "export", summary="a school's end-of-agreement export (resumable)",
                     description="Back up every course below the school's category through Moodle (.mbz, with "

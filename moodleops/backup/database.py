@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 from moodleops.backup.s3 import BackupError
@@ -94,3 +95,32 @@ def restore(site: Site, inv: Inventory, dump_file: Path) -> None:
     if proc.returncode != 0:
         raise BackupError(f"pg_restore into {name} failed (exit {proc.returncode}): "
                           f"{proc.stderr.decode(errors='replace').strip()[-800:]}")
+
+
+def referenced_contenthashes(dump_file: Path, db_prefix: str) -> Iterator[str]:
+    """Every contenthash the dump's files table names (once per row), read from
+    the dump itself: what a restore of this dump will ask filedir for. Streams:
+    pg_restore writes the table's COPY data, read line by line."""
+    table = f"{db_prefix}files"
+    proc = subprocess.Popen(["pg_restore", "--data-only", f"--table={table}", "-f", "-", str(dump_file)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stderr is not None
+    column = -1
+    seen_table = False
+    for line in proc.stdout:
+        if column < 0:
+            if line.startswith("COPY ") and f".{table} (" in line:
+                cols = [c.strip().strip('"') for c in line[line.index("(") + 1:line.index(")")].split(",")]
+                column = cols.index("contenthash")
+                seen_table = True
+            continue
+        if line.startswith("\\."):
+            column = -1
+            continue
+        fields = line.rstrip("\n").split("\t")
+        if len(fields) > column:
+            yield fields[column]
+    err = proc.stderr.read()
+    if proc.wait() != 0 or not seen_table:
+        raise BackupError(f"cannot read table {table} from the dump {dump_file} (pg_restore exit "
+                          f"{proc.returncode}): {err.strip()[-300:] or 'no such table in the dump'}")

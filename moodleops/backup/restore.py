@@ -19,7 +19,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from moodleops.backup import database, manifest
+from moodleops.backup import database, manifest, sealing
 from moodleops.backup.blobs import FetchReport, fetch_blobs
 from moodleops.backup.config import BackupConfig
 from moodleops.backup.progress import Progress, human_bytes, human_seconds
@@ -35,9 +35,25 @@ class RestorePlan:
     manifest: dict[str, Any]
     target: Site
     steps: list[str] = field(default_factory=list)
+    secrets: dict[str, str] = field(default_factory=dict)        # unsealed: never printed
+    plugin_differences: list[str] = field(default_factory=list)
 
 
-def plan(s3: Any, cfg: BackupConfig, key: str, inv: Inventory, site: Site) -> RestorePlan:
+def _plugin_differences(m: dict[str, Any], inv: Inventory) -> list[str]:
+    """Add-ons the target pins whose version in the backup is another (the
+    backup's unpinned components are subplugins shipped inside a pinned parent)."""
+    backed = {c: v for c, v in m["moodle"].get("plugins", {}).items() if v is not None}
+    pinned = {p.component: p.version for p in inv.plugins}
+    out = []
+    for comp in sorted(pinned):
+        b, t = backed.get(comp), pinned.get(comp)
+        if b is None or t is None or Decimal(str(b)) != t:
+            out.append(f"{comp}: backup {b or 'absent'}, target pins {t if t is not None else 'absent'}")
+    return out
+
+
+def plan(s3: Any, cfg: BackupConfig, key: str, inv: Inventory, site: Site, *,
+         allow_plugin_differences: bool = False) -> RestorePlan:
     m = manifest.get(s3, cfg, key)
     have = Decimal(str(m["moodle"]["version"]))
     if have != inv.core.version:
@@ -46,8 +62,19 @@ def plan(s3: Any, cfg: BackupConfig, key: str, inv: Inventory, site: Site) -> Re
         raise BackupError(f"manifest {key} is Moodle {m['moodle']['version']} ({m['moodle']['release']}) but the "
                           f"target inventory '{inv.env}' pins core {inv.core.version_text}: deploy the same "
                           f"version first, or restore another manifest")
+    diffs = _plugin_differences(m, inv)
+    if diffs and not allow_plugin_differences:
+        # Old plugin code on a newer plugin schema breaks pages; a newer one needs an upgrade.
+        raise BackupError(f"manifest {key} was taken with other plugin versions than the target pins: "
+                          f"{'; '.join(diffs[:5])}{' ...' if len(diffs) > 5 else ''}. Deploy the same pins, or "
+                          f"pass --allow-plugin-differences (then run `platform upgrade`). Nothing was changed")
+    # Unsealed before anything changes: a wrong or missing key stops here.
+    if "secrets" in m:
+        secrets = sealing.unseal(sealing.load_key(site), m["secrets"], key)
+    else:
+        secrets = {"config_php": str(m.get("config_php", ""))}        # format 1
     b = m["blobs"]
-    p = RestorePlan(manifest_key=key, manifest=m, target=site)
+    p = RestorePlan(manifest_key=key, manifest=m, target=site, secrets=secrets, plugin_differences=diffs)
     p.steps = [
         f"download and verify the database dump {m['database']['key']} ({human_bytes(m['database']['size'])})",
         f"download and verify the moodledata archive {m['moodledata']['key']} ({', '.join(m['moodledata']['included'])})",
@@ -101,11 +128,13 @@ class RestoreReport:
     manifest_key: str
     blobs: FetchReport
     seconds: float
+    config_php_copy: str = ""
 
     def lines(self) -> list[str]:
         b = self.blobs
         return [f"restored {self.manifest_key}",
                 f"  filedir: {b.fetched} blobs fetched ({human_bytes(b.fetched_bytes)}), {b.present} already present",
+                f"  config.php of the backup (decrypted, mode 0600): {self.config_php_copy}",
                 f"  duration: {human_seconds(self.seconds)}"]
 
 
@@ -130,7 +159,7 @@ def apply(s3: Any, cfg: BackupConfig, p: RestorePlan, inv: Inventory) -> Restore
         filedir.mkdir()
         os.chown(filedir, uid, gid)
         os.chmod(filedir, dir_mode)
-    blobs = fetch_blobs(s3, cfg, filedir, m["blobs"]["sha1"], uid=uid, gid=gid, file_mode=file_mode,
+    blobs = fetch_blobs(s3, cfg, filedir, manifest.iter_blobs(s3, cfg, m), uid=uid, gid=gid, file_mode=file_mode,
                         dir_mode=dir_mode)
 
     moodle = MoodleCLI(site)
@@ -161,4 +190,10 @@ def apply(s3: Any, cfg: BackupConfig, p: RestorePlan, inv: Inventory) -> Restore
     moodle.run("admin/cli/purge_caches.php")
     moodle.run("admin/cli/maintenance.php", "--disable")
     shutil.rmtree(work, ignore_errors=True)
-    return RestoreReport(manifest_key=p.manifest_key, blobs=blobs, seconds=time.monotonic() - started)
+    # The backed-up config.php (decrypted), root-only, to compare with the target's own.
+    saved = site.state_dir / "backup" / f"config.php.{m['id']}"
+    fd = os.open(saved, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(p.secrets.get("config_php", ""))
+    return RestoreReport(manifest_key=p.manifest_key, blobs=blobs, seconds=time.monotonic() - started,
+                         config_php_copy=str(saved))

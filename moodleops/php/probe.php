@@ -23,6 +23,9 @@ if ($out['installed']) {
     $out['needs_upgrade'] = moodle_needs_upgrading();
     $out['maintenance_cli'] = file_exists($CFG->dataroot . '/climaintenance.html');
     $out['maintenance_enabled'] = !empty($CFG->maintenance_enabled);
+    $out['maintenance_later'] = isset($CFG->maintenance_later) ? (int)$CFG->maintenance_later : null;
+    // Shown to every visitor during maintenance: not a secret; an upgrade puts it back.
+    $out['maintenance_message'] = isset($CFG->maintenance_message) ? (string)$CFG->maintenance_message : '';
     // Unset means enabled; `cron.php --disable` stores 0.
     $out['cron_enabled'] = get_config('core', 'cron_enabled') !== '0';
     $plugins = [];

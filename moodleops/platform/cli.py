@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 
@@ -77,13 +78,37 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0 if health.ok else 1
 
 
+def _play_verdict(output: list[str]) -> str | None:
+    """The play's own last word on a failed upgrade (the message of its final
+    `fail` task: what state the platform is in), if it got that far."""
+    for line in reversed(output):
+        _, sep, payload = line.partition("FAILED! => ")
+        if not sep:
+            continue
+        try:
+            msg = str(json.loads(payload).get("msg", ""))
+        except ValueError:
+            continue
+        if msg.startswith("UPGRADE"):
+            return " ".join(msg.split())
+    return None
+
+
 def cmd_upgrade(args: argparse.Namespace) -> int:
+    if args.delay < 0 or args.delay > 1440:
+        print(f"moodleops: error: --delay {args.delay} is not valid (allowed: 0 to 1440 minutes)")
+        return 2
     inv = load_inventory(args.inventory)
     if not _mirror_ready(inv):
         return 1
-    extra = ["-e", f"moodle_upgrade_operator={args.operator}"] if args.operator else []
+    extra_vars: dict[str, object] = {}
+    if args.operator:
+        extra_vars["moodle_upgrade_operator"] = args.operator
     if args.delay:
-        extra += ["-e", f"moodle_upgrade_maintenance_delay_minutes={args.delay}"]
+        extra_vars["moodle_upgrade_maintenance_delay_minutes"] = args.delay
+    if args.message:
+        extra_vars["moodle_upgrade_maintenance_message"] = args.message
+    extra = ["-e", json.dumps(extra_vars)] if extra_vars else []
     if not args.apply:
         print("dry run: pre-flight and what would change (add --apply to upgrade)")
         extra.append("--check")
@@ -100,8 +125,10 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
     _raise_unreachable(result)
     took = time.monotonic() - started
     if not result.ok:
-        print(f"moodleops: error: upgrade failed after {took:.0f} s; the output above says where "
-              "and whether it was rolled back")
+        verdict = _play_verdict(result.output)
+        print(f"moodleops: error: upgrade failed after {took:.0f} s: "
+              + (verdict or "the output above says where; nothing was switched (the play stopped before "
+                            "changing anything, or see the last line of the upgrade log)"))
         return 1
     print(f"upgrade {'done' if args.apply else 'dry run done'} in {took:.0f} s")
     return cmd_status(args) if args.apply else 0
@@ -163,12 +190,16 @@ def register(areas: argparse._SubParsersAction) -> None:
                     "  1. pre-flight, changing nothing: hosts reachable, free disk, archives present and sha256 "
                     "verified (the new release is built beside the current one), plugins' `requires` met, no "
                     "downgrade, checks.php recorded;\n"
-                    "  2. cron paused, maintenance on (optionally announced --delay minutes before);\n"
+                    "  2. the maintenance message set (--message), optionally announced --delay minutes before, "
+                    "cron paused (if tasks still run after the wait: cron re-enabled, the site given back, exit 1), "
+                    "maintenance on;\n"
                     "  3. database dump (custom format) and the current release kept;\n"
                     "  4. `current` switched node by node, php-fpm reloaded, upgrade.php, caches purged;\n"
                     "  5. post-flight: versions from Moodle, checks.php no worse, HTTP admin login; site opened.\n"
-                    "Any failure from step 4 on rolls back (previous release, database restored from the dump) "
-                    "and leaves maintenance ON. Every run is appended to the upgrade log "
+                    "Any failure from step 4 on rolls back: maintenance page back on first, then the previous "
+                    "release on every node, then the database restored from the dump into a new database swapped "
+                    "in by rename (if that restore fails the live database is kept, nothing is dropped, and the "
+                    "message says so); maintenance and the cron pause stay ON. Every run is appended to the upgrade log "
                     "(moodle_upgrade_log, default /var/lib/moodleops/upgrades.jsonl).\n"
                     "Without --apply this is a dry run.",
         epilog="examples:\n  moodleops platform upgrade                 # what would change\n"
@@ -179,6 +210,8 @@ def register(areas: argparse._SubParsersAction) -> None:
     upgrade.add_argument("--apply", action="store_true", help="really upgrade (default: dry run)")
     upgrade.add_argument("--delay", type=int, default=0, metavar="MINUTES",
                          help="announce maintenance this many minutes before it starts")
+    upgrade.add_argument("--message", help="what users see while maintenance is on (default: "
+                         "moodle_upgrade_maintenance_message); set before the --delay announcement")
     upgrade.add_argument("--operator", help="name recorded in the upgrade log (default: $SUDO_USER/$USER)")
     upgrade.set_defaults(run=cmd_upgrade)
     maint = add_command(

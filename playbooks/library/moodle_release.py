@@ -15,7 +15,11 @@ description:
     failed run never leaves a half-built release behind.
   - The release name is derived from the pins, so the same pins always give
     the same directory and a second run changes nothing.
-  - Checks that each plugin's version.php declares the pinned component and version.
+  - Checks that each plugin's version.php declares the pinned component and version,
+    and returns the core version each plugin requires, read from that same
+    version.php (what the archive itself says, not the inventory).
+  - In check mode, still downloads and verifies every archive (what a real run
+    would use) and reads the plugins' version.php from the archives, but builds nothing.
   - Optionally lifts Moodle 4.1's PHP 8.2 environment restriction (test stacks
     only), and records that it did in the release marker.
 options:
@@ -31,6 +35,7 @@ options:
 RETURN = r"""
 path: {description: The release directory., type: str, returned: always}
 name: {description: The release name., type: str, returned: always}
+requires: {description: "component -> core version its version.php requires (null: none declared).", type: dict, returned: always}
 """
 
 import hashlib
@@ -140,13 +145,44 @@ def normalise_modes(root: str) -> None:
                 os.chmod(path, 0o644)
 
 
-def check_plugin_version(plugin_dir: str, pin: dict) -> None:
-    version_php = os.path.join(plugin_dir, "version.php")
+def read_version_php(plugin_dir: str, pin: dict) -> str:
     try:
-        with open(version_php, encoding="utf-8", errors="replace") as fh:
-            text = fh.read()
+        with open(os.path.join(plugin_dir, "version.php"), encoding="utf-8", errors="replace") as fh:
+            return fh.read()
     except OSError:
         raise ReleaseError(f"{pin['component']}: {pin['file']} has no version.php")
+
+
+def archive_version_php(archive: str, pin: dict) -> str:
+    """<top folder>/version.php read straight from the archive, unpacking nothing."""
+    if archive.endswith(".zip"):
+        with zipfile.ZipFile(archive) as zf:
+            names = zf.namelist()
+            tops = {n.split("/", 1)[0] for n in names if n.split("/", 1)[0] != "__MACOSX"}
+            wanted = [f"{t}/version.php" for t in tops if f"{t}/version.php" in names]
+            if len(tops) == 1 and wanted:
+                return zf.read(wanted[0]).decode("utf-8", errors="replace")
+    elif archive.endswith((".tgz", ".tar.gz")):
+        with tarfile.open(archive) as tar:
+            for member in tar:
+                parts = member.name.lstrip("./").split("/")
+                if len(parts) == 2 and parts[1] == "version.php" and member.isfile():
+                    fh = tar.extractfile(member)
+                    if fh is not None:
+                        return fh.read().decode("utf-8", errors="replace")
+    raise ReleaseError(f"{pin['component']}: {pin['file']} has no <folder>/version.php")
+
+
+def plugin_requires(text: str) -> str | None:
+    found = re.search(r"\$plugin->requires\s*=\s*([0-9.]+)", text)
+    return found.group(1) if found else None
+
+
+def check_plugin_version(plugin_dir: str, pin: dict) -> None:
+    check_version_text(read_version_php(plugin_dir, pin), pin)
+
+
+def check_version_text(text: str, pin: dict) -> None:
     component = re.search(r"\$plugin->component\s*=\s*['\"]([a-z0-9_]+)['\"]", text)
     version = re.search(r"\$plugin->version\s*=\s*([0-9.]+)", text)
     if component and component.group(1) != pin["component"]:
@@ -224,19 +260,31 @@ def main() -> None:
     p = module.params
     name = release_name(p["core"], p["plugins"], p["allow_unsupported_php"])
     dest = os.path.join(p["releases_dir"], name)
-    result = {"changed": False, "path": dest, "name": name}
-    if os.path.isfile(os.path.join(dest, MARKER)):
-        module.exit_json(**result)
-    if os.path.exists(dest):
-        module.fail_json(msg=f"{dest} exists but is not a complete release (no {MARKER}); move it away", **result)
-    result["changed"] = True
-    if module.check_mode:
-        module.exit_json(**result)
+    result = {"changed": False, "path": dest, "name": name, "requires": {}}
     try:
-        os.makedirs(p["releases_dir"], mode=0o755, exist_ok=True)
-        started = time.monotonic()
-        result["marker"] = build(p, dest, name)
-        result["seconds"] = round(time.monotonic() - started, 1)
+        if os.path.isfile(os.path.join(dest, MARKER)):
+            pass
+        elif os.path.exists(dest):
+            module.fail_json(msg=f"{dest} exists but is not a complete release (no {MARKER}); move it away", **result)
+        elif module.check_mode:
+            # What a real run would use, verified: downloads (into the cache) and
+            # sha256 checks happen; only the release directory is not built.
+            result["changed"] = True
+            fetch(p["core"], p["source"], p["mirror"], p["download_dir"])
+            for pin in p["plugins"]:
+                text = archive_version_php(fetch(pin, p["source"], p["mirror"], p["download_dir"]), pin)
+                check_version_text(text, pin)
+                result["requires"][pin["component"]] = plugin_requires(text)
+            module.exit_json(**result)
+        else:
+            result["changed"] = True
+            os.makedirs(p["releases_dir"], mode=0o755, exist_ok=True)
+            started = time.monotonic()
+            result["marker"] = build(p, dest, name)
+            result["seconds"] = round(time.monotonic() - started, 1)
+        for pin in p["plugins"]:
+            text = read_version_php(os.path.join(dest, pin["install_path"]), pin)
+            result["requires"][pin["component"]] = plugin_requires(text)
     except (ReleaseError, OSError, tarfile.TarError, zipfile.BadZipFile, ValueError) as exc:
         module.fail_json(msg=str(exc), **result)
     module.exit_json(**result)

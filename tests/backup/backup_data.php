@@ -1,8 +1,11 @@
 <?php
 // Test fixture for tests/backup: create (mode "create") or read back (mode
 // "read") a course with a file, a user with a known password, and a school-like
-// category holding two courses, all through Moodle's own API.
-//   php backup_data.php config.php < {"mode": "create"|"read", "tag": "...", "password": "..."}
+// category holding two courses, all through Moodle's own API. Mode "delete"
+// deletes the course file of each tag in payload "delete" in turn, emptying
+// Moodle's trash (its file-system cron) after the tags in "purge_after";
+// mode "check_files" reads every file Moodle lists and says which it cannot serve.
+//   php backup_data.php config.php < {"mode": "create"|"read"|"delete"|"check_files", "tag": "...", ...}
 define('CLI_SCRIPT', true);
 require($argv[1]);
 require_once($CFG->libdir . '/testing/generator/lib.php');
@@ -30,6 +33,34 @@ if ($in['mode'] === 'create') {
     $c2 = $gen->create_course(['shortname' => "bk-sch2-$tag", 'fullname' => "School course 2 $tag", 'category' => $sub->id]);
     $gen->create_module('page', ['course' => $c1->id, 'name' => "Page $tag", 'content' => "Page content $tag"]);
     $gen->create_module('forum', ['course' => $c2->id, 'name' => "Forum $tag"]);
+}
+if ($in['mode'] === 'delete') {
+    foreach ($in['delete'] as $t) {
+        $c = $DB->get_record('course', ['shortname' => 'bk-' . clean_param($t, PARAM_ALPHANUMEXT)], '*', MUST_EXIST);
+        $fs->delete_area_files(context_course::instance($c->id)->id, 'course', 'overviewfiles');
+        if (in_array($t, $in['purge_after'])) {
+            $fs->get_file_system()->cron();     // what file_trash_cleanup_task does once a day
+        }
+    }
+}
+if ($in['mode'] === 'check_files') {
+    $bad = [];
+    $checked = 0;
+    $rs = $DB->get_recordset_select('files', "filename <> '.'");
+    foreach ($rs as $rec) {
+        $checked++;
+        $file = $fs->get_file_instance($rec);
+        try {
+            if (sha1($file->get_content()) !== $rec->contenthash) {
+                $bad[] = $rec->contenthash . ' ' . $rec->filename . ': wrong content';
+            }
+        } catch (Throwable $e) {
+            $bad[] = $rec->contenthash . ' ' . $rec->filename . ': ' . $e->getMessage();
+        }
+    }
+    $rs->close();
+    echo 'MOODLEOPS-JSON: ' . json_encode(['checked' => $checked, 'bad' => $bad]) . "\n";
+    exit(0);
 }
 $course = $DB->get_record('course', ['shortname' => "bk-$tag"]);
 $user = $DB->get_record('user', ['username' => "bk-$tag"]);

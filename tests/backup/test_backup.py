@@ -5,6 +5,7 @@ touched. Tests run in order and share one rehearsal and one bucket."""
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
@@ -15,7 +16,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,16 +25,19 @@ import pytest
 import requests
 import yaml
 from beside_stack import SHARED, psql
+from cryptography.fernet import Fernet
 from restoretest_stack import DB, Rehearsal, build_inventory, provision, remove_rehearsal
 
-from moodleops.backup import manifest, retention
+from moodleops.backup import manifest, retention, sealing
 from moodleops.backup.blobs import scan_filedir
 from moodleops.backup.config import BackupConfig, Retention, backup_config
+from moodleops.backup.index import BlobIndex
 from moodleops.backup.multipart import upload_file
 from moodleops.backup.platform_backup import run_backup
 from moodleops.backup.s3 import client, list_keys
 from moodleops.cli import main
 from moodleops.inventory import load_inventory
+from moodleops.platform.lock import platform_lock
 from moodleops.platform.provision import provisioning_lock
 from moodleops.site import site_of
 from moodleops.webclient import login
@@ -44,6 +48,7 @@ HERE = Path(__file__).resolve().parent
 TAG = "t" + uuid.uuid4().hex[:8]
 PASSWORD = "Bk-" + uuid.uuid4().hex[:10] + "!"
 BUCKET = "moodleops-backup-test"
+KEY = Fernet.generate_key().decode()          # the manifest key: in the environment, never in the bucket
 
 
 def _free_port() -> int:
@@ -63,12 +68,12 @@ def moto_url() -> Iterator[str]:
     mp.setenv("AWS_SECRET_ACCESS_KEY", "moodleops-test")
     mp.delenv("AWS_PROFILE", raising=False)
     try:
-        for _ in range(100):
+        for _ in range(300):      # a busy machine: moto may take a while to answer
             try:
-                requests.get(url, timeout=1)
+                requests.get(url, timeout=2)
                 break
-            except requests.ConnectionError:
-                time.sleep(0.1)
+            except requests.RequestException:
+                time.sleep(0.2)
         boto3.client("s3", endpoint_url=url, region_name="eu-west-3").create_bucket(
             Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": "eu-west-3"})
         yield url
@@ -94,6 +99,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, provisioned: object, moto_ur
     (root / "schools.yml").write_text(yaml.safe_dump(schools, sort_keys=False))
     mp = pytest.MonkeyPatch()
     mp.setenv("MOODLEOPS_ARTIFACTS", str(SHARED))
+    mp.setenv("MOODLEOPS_BACKUP_MANIFEST_KEY", KEY)
     mp.delenv("MOODLEOPS_BACKUP_S3_ENDPOINT_URL", raising=False)
     with provisioning_lock():
         provision(r)
@@ -130,11 +136,21 @@ def test_1_backup_then_incremental_sends_only_new_blobs(stack: Rehearsal) -> Non
     assert {cfg.key("blobs", h) for h in local1} <= in_bucket
     assert first.blobs.uploaded == len(local1) and first.blobs.skipped == 0
     m1 = manifest.get(s3, cfg, first.manifest_key)
-    assert set(m1["blobs"]["sha1"]) >= set(local1)
+    assert set(manifest.iter_blobs(s3, cfg, m1)) >= set(local1)
     assert m1["moodle"]["release"].startswith("4.1") and m1["moodle"]["plugins"]
-    assert m1["config_php"].startswith("<?php") and "moodle_restoretest" in m1["config_php"]
+    assert m1["checks"]["referenced_by_dump"] > 0 and m1["checks"]["missing_count"] == 0
     head = s3.head_object(Bucket=cfg.bucket, Key=first.manifest_key)
     assert head["ServerSideEncryption"] == "AES256"
+    # What a bucket reader gets: no password, no config.php in clear; the key is not in the bucket.
+    raw = gzip.decompress(s3.get_object(Bucket=cfg.bucket, Key=first.manifest_key)["Body"].read())
+    assert site.secret("db_password").encode() not in raw and b"<?php" not in raw and b"dbpass" not in raw
+    assert "config_php" not in m1 and m1["secrets"]["cipher"] == "fernet"
+    config_php = sealing.unseal(KEY.encode(), m1["secrets"], first.manifest_key)["config_php"]
+    assert config_php.startswith("<?php") and "moodle_restoretest" in config_php
+    assert site.secret("db_password") in config_php
+    for key in list_keys(s3, cfg, cfg.key("")):
+        assert KEY.encode() not in s3.get_object(Bucket=cfg.bucket, Key=key)["Body"].read(), key
+    assert not list_keys(s3, cfg, cfg.key("markers", "inprogress", ""))     # removed once the manifest is in
 
     # New content through Moodle, then a second run: only it is sent.
     stack.moodle().tool(str(HERE / "backup_data.php"), payload={"mode": "create", "tag": TAG + "b",
@@ -194,12 +210,24 @@ def test_3_wipe_and_restore_serves_the_same_course_user_and_file(stack: Rehearsa
     # Dry run by default: nothing changes.
     assert cli(stack, "restore", "--manifest", latest, "--target-inventory", str(stack.env)) == 0
     assert "dry run" in capsys.readouterr().out
+    # Another key cannot open the manifest's secrets: refused before anything changes.
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MOODLEOPS_BACKUP_MANIFEST_KEY", Fernet.generate_key().decode())
+    try:
+        assert cli(stack, "restore", "--manifest", latest, "--target-inventory", str(stack.env), "--confirm") == 3
+    finally:
+        mp.undo()
+    assert "sealed with key" in capsys.readouterr().err
+    assert data(stack, "read") == before
     # Disaster on the rehearsal (only): database and moodledata gone.
     psql(f'DROP DATABASE "{DB}" WITH (FORCE)')
     subprocess.run(["rm", "-rf", str(site.dataroot)], check=True)
     assert cli(stack, "restore", "--manifest", latest, "--target-inventory", str(stack.env), "--confirm") == 0
     after = data(stack, "read")
     assert after == before
+    # The encrypted manifest was restored: its config.php, decrypted, root-only, beside the target's state.
+    copy = site.state_dir / "backup" / f"config.php.{latest}"
+    assert copy.stat().st_mode & 0o777 == 0o600 and site.secret("db_password") in copy.read_text()
     # Moodle serves them: the user logs in over HTTP and the file downloads intact.
     session = login(site.wwwroot, before["user"]["username"], PASSWORD)
     assert session.is_logged_in()
@@ -310,4 +338,110 @@ def test_6_pruning_keeps_every_blob_a_kept_manifest_needs(stack: Rehearsal) -> N
     assert len(real) == 1
     m = manifest.get(s3, cfg0, manifest.manifest_key(cfg0, real[0]))
     present = {k.rsplit("/", 1)[-1] for k in list_keys(s3, cfg0, cfg0.key("blobs", ""))}
-    assert set(m["blobs"]["sha1"]) <= present
+    assert set(manifest.iter_blobs(s3, cfg0, m)) <= present and list_keys(s3, cfg0, m["blobs"]["list"]["key"])
+
+
+def test_6b_grace_counts_from_the_last_reference_not_the_upload(stack: Rehearsal) -> None:
+    _inv, cfg0, s3, _site = ctx(stack)
+    cfg = replace(cfg0, prefix=f"{TAG}-grace/", retention=Retention(daily=1, weekly=0, monthly=0))
+    a, b, c = (f"{i:040x}" for i in (1, 2, 3))
+    for sha in (a, b, c):
+        s3.put_object(Bucket=cfg.bucket, Key=cfg.key("blobs", sha), Body=sha.encode())
+    # Seen from 30 days on: every blob was uploaded "30 days ago"; B was still
+    # referenced by a backup of yesterday (dropped by retention), A only 10 days ago.
+    now = datetime.now(UTC) + timedelta(days=30)
+    for age, sha in ((timedelta(days=10), a), (timedelta(days=1), b), (timedelta(hours=1), c)):
+        bid = manifest.new_id(now - age)
+        manifest.put(s3, cfg, {"format": manifest.FORMAT, "id": bid, "blobs": {"sha1": [sha]},
+                               "database": {"key": cfg.key("db", bid + ".dump")},
+                               "moodledata": {"key": cfg.key("moodledata", bid + ".tar.gz")}})
+    p = retention.plan(s3, cfg, now=now, grace=timedelta(hours=48))
+    assert len(p.keep) == 1 and len(p.drop) == 2
+    assert p.blobs == [cfg.key("blobs", a)]         # B is inside its grace period: kept
+
+
+def test_7_backup_while_content_is_deleted_and_trash_emptied_then_every_file_is_served(stack: Rehearsal) -> None:
+    inv, cfg, s3, site = ctx(stack)
+    old = data(stack, "read")["file"]                 # in the bucket since test 1
+    new_tag = TAG + "n"
+    stack.moodle().tool(str(HERE / "backup_data.php"), payload={"mode": "create", "tag": new_tag, "password": PASSWORD})
+    new = stack.moodle().tool(str(HERE / "backup_data.php"), payload={"mode": "read", "tag": new_tag,
+                                                                      "password": PASSWORD})["file"]
+    assert not list_keys(s3, cfg, cfg.key("blobs", new["sha1"]))
+
+    def delete_between_dump_and_listing() -> None:
+        # The old file deleted and the trash emptied; then the new one deleted (it stays in trash).
+        stack.moodle().tool(str(HERE / "backup_data.php"), payload={
+            "mode": "delete", "tag": TAG, "delete": [TAG, new_tag], "purge_after": [TAG], "password": PASSWORD})
+        assert not (site.dataroot / "filedir" / old["sha1"][:2] / old["sha1"][2:4] / old["sha1"]).exists()
+        assert not (site.dataroot / "trashdir" / old["sha1"][:2] / old["sha1"][2:4] / old["sha1"]).exists()
+        assert (site.dataroot / "trashdir" / new["sha1"][:2] / new["sha1"][2:4] / new["sha1"]).exists()
+
+    time.sleep(1)
+    rep = run_backup(s3, cfg, inv, site, after_dump=delete_between_dump_and_listing)
+    m = manifest.get(s3, cfg, rep.manifest_key)
+    checks = m["checks"]
+    assert checks["missing_count"] == 0 and rep.missing == []
+    assert checks["from_trashdir"] >= 1 and checks["only_in_bucket"] >= 1
+    assert {old["sha1"], new["sha1"]} <= set(manifest.iter_blobs(s3, cfg, m))
+    assert list_keys(s3, cfg, cfg.key("blobs", new["sha1"]))
+    # Disaster, restore: Moodle (the dump's database) lists both files again and serves every file it lists.
+    psql(f'DROP DATABASE "{DB}" WITH (FORCE)')
+    subprocess.run(["rm", "-rf", str(site.dataroot)], check=True)
+    assert cli(stack, "restore", "--manifest", m["id"], "--target-inventory", str(stack.env), "--confirm") == 0
+    served = stack.moodle().tool(str(HERE / "backup_data.php"), payload={"mode": "check_files", "tag": TAG,
+                                                                         "password": PASSWORD})
+    assert served["checked"] > 0 and served["bad"] == []
+    admin = login(site.wwwroot, "admin", site.secret("admin_password"))
+    for f in (old, new):
+        got = admin.http.get(f["url"], timeout=30)
+        assert got.status_code == 200 and hashlib.sha1(got.content).hexdigest() == f["sha1"], f
+
+
+def test_8_prune_during_a_backup_deletes_nothing_that_backup_needs(stack: Rehearsal,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    inv, cfg, s3, site = ctx(stack)
+    tag = TAG + "p"
+    stack.moodle().tool(str(HERE / "backup_data.php"), payload={"mode": "create", "tag": tag, "password": PASSWORD})
+    blob = stack.moodle().tool(str(HERE / "backup_data.php"), payload={"mode": "read", "tag": tag,
+                                                                       "password": PASSWORD})["file"]["sha1"]
+    # In the bucket but in no manifest (as a killed run leaves it): the backup skips it, a prune would delete it.
+    path = site.dataroot / "filedir" / blob[:2] / blob[2:4] / blob
+    s3.put_object(Bucket=cfg.bucket, Key=cfg.key("blobs", blob), Body=path.read_bytes())
+    idx = BlobIndex.for_bucket(site.state_dir, cfg)      # ... and in this host's index, as that run recorded it
+    idx.rebuild(s3, cfg)
+    idx.close()
+    capsys.readouterr()
+
+    def prune_elsewhere() -> None:
+        assert cli(stack, "prune", "--grace-hours", "0", "--confirm") == 0
+
+    time.sleep(1)
+    rep = run_backup(s3, cfg, inv, site, before_manifest=prune_elsewhere)
+    out = capsys.readouterr().out
+    assert "in progress elsewhere" in out and rep.id in out
+    m = manifest.get(s3, cfg, rep.manifest_key)
+    present = {k.rsplit("/", 1)[-1] for k in list_keys(s3, cfg, cfg.key("blobs", ""))}
+    needed = set(manifest.iter_blobs(s3, cfg, m))
+    assert blob in needed and needed <= present
+    assert rep.blobs.skipped >= 1 and m["checks"]["prune_overlapped"] is True
+    # Once the backup is done, a prune runs normally and keeps what the newest backup needs.
+    assert cli(stack, "prune", "--grace-hours", "0", "--confirm") == 0
+    assert "in progress" not in capsys.readouterr().out
+    present = {k.rsplit("/", 1)[-1] for k in list_keys(s3, cfg, cfg.key("blobs", ""))}
+    assert needed <= present
+
+
+def test_9_backup_run_waits_for_nobody_while_the_platform_lock_is_held(stack: Rehearsal,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """One lock for upgrades, backups, restores and incidents: a backup started
+    while another holds it is refused at once, naming the holder, changing nothing."""
+    _inv, cfg, s3, site = ctx(stack)
+    before = manifest.list_ids(s3, cfg)
+    capsys.readouterr()
+    with platform_lock(site, "pytest: an upgrade"):
+        assert cli(stack, "run") == 3
+    err = capsys.readouterr().err
+    assert "platform lock is held" in err and "pytest: an upgrade" in err
+    assert manifest.list_ids(s3, cfg) == before
+    assert not list_keys(s3, cfg, cfg.key("markers", "inprogress", ""))

@@ -161,3 +161,15 @@ def test_real_mirror_plugin_unpacks_with_its_declared_component(tmp_path: Path) 
     top = release.unpack(str(archive), str(tmp_path))
     release.check_plugin_version(top, {"component": "local_bulkenrol", "version": "2023010503",
                                        "file": archive.name})
+
+
+def test_requires_is_read_from_the_archive_itself(tmp_path: Path) -> None:
+    """What --check reports (no unpacking) and what a built release holds agree."""
+    archive = MIRROR / "local_bulkenrol-v4.1-r4.zip"
+    pin = {"component": "local_bulkenrol", "version": "2023010503", "file": archive.name}
+    text = release.archive_version_php(str(archive), pin)
+    release.check_version_text(text, pin)
+    top = release.unpack(str(archive), str(tmp_path))
+    assert release.plugin_requires(text) == release.plugin_requires(release.read_version_php(top, pin))
+    assert release.plugin_requires(text) is not None
+    assert release.plugin_requires("<?php\n$plugin->version = 1;\n") is None

@@ -2,13 +2,17 @@
 (own directory, database and port; same PostgreSQL, php-fpm and nginx):
 older 4.1.0 core and older plugins from ../shared/artifacts/older, then a
 plugin upgrade, a core point upgrade with every plugin in place, a refused
-downgrade, and a forced failure that must roll back. Tests run in order."""
+downgrade, a plugin step that changes a table and data then fails (rolled
+back), a cron pause that times out (site given back), and a rollback whose
+restore finds no room (live database kept, said so). Tests run in order."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import subprocess
+import threading
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,6 +20,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+import requests
 import yaml
 from beside_stack import SHARED, Beside, psql, remove, write_inventory
 
@@ -23,6 +28,7 @@ from moodleops import REPO_ROOT
 from moodleops.cli import main
 from moodleops.inventory import load_inventory
 from moodleops.moodle import MoodleCLI
+from moodleops.platform.lock import platform_lock
 from moodleops.platform.provision import provisioning_lock
 from moodleops.site import site_of
 from moodleops.webclient import login
@@ -65,8 +71,14 @@ class Rehearsal:
     def data(self, mode: str) -> dict:
         return self.moodle().tool(str(HERE / "site_data.php"), payload={"mode": mode, "tag": "rehearsal"})
 
-    def upgrade(self) -> int:
-        return main(["--inventory", str(self.env), "platform", "upgrade", "--apply", "--operator", "pytest"])
+    def upgrade(self, *extra: str) -> int:
+        return main(["--inventory", str(self.env), "platform", "upgrade", "--apply", "--operator", "pytest", *extra])
+
+    def set_vars(self, **values: object) -> None:
+        gv_file = self.env / "group_vars/all.yml"
+        gv = yaml.safe_load(gv_file.read_text())
+        gv.update(values)
+        gv_file.write_text(yaml.safe_dump(gv))
 
     def runs(self) -> list[dict]:
         log = STATE / "upgrades.jsonl"
@@ -98,12 +110,14 @@ def rehearsal(tmp_path_factory: pytest.TempPathFactory, provisioned: object) -> 
     # Serialised with any other provisioning of this machine (shared nginx/PostgreSQL).
     with provisioning_lock():
         remove(STACK)
+        _remove_small_tablespace()
         assert main(["--inventory", str(env), "platform", "up"]) == 0
     r.data("create")
     yield r
     mp.undo()
     with provisioning_lock():
         remove(STACK)
+        _remove_small_tablespace()
 
 
 def _installed(r: Rehearsal, component: str) -> Decimal:
@@ -166,36 +180,203 @@ def test_3_downgrade_is_refused_before_anything_changes(rehearsal: Rehearsal,
     assert len(rehearsal.runs()) == runs_before
 
 
-def _broken_bulkenrol(mirror: Path) -> Path:
-    """local_bulkenrol with a higher version whose upgrade step throws."""
+def test_3b_a_second_upgrade_is_refused_while_one_holds_the_platform_lock(
+        rehearsal: Rehearsal, capsys: pytest.CaptureFixture[str]) -> None:
+    """Two upgrades started at once: the second finds the platform lock taken
+    (as the first holds it for its whole run) and stops before the playbook."""
+    link_before = os.readlink(BASE / "current")
+    runs_before = len(rehearsal.runs())
+    site = site_of(load_inventory(str(rehearsal.env)))
+    capsys.readouterr()
+    with platform_lock(site, "platform upgrade (the first one)"):
+        assert rehearsal.upgrade() == 1
+    err = capsys.readouterr().err
+    assert "platform lock is held" in err and "the first one" in err
+    assert os.readlink(BASE / "current") == link_before and len(rehearsal.runs()) == runs_before
+    assert not (BASE / "moodledata/climaintenance.html").exists()
+
+
+SMALL_TS = "moodle_rehearsal_small"
+SMALL_DIR = Path("/var/lib/moodleops-rehearsal-small-ts")
+
+
+def _remove_small_tablespace() -> None:
+    """The no-room test's tablespace (a small tmpfs): dropped once no database uses it."""
+    if psql(f"SELECT 1 FROM pg_tablespace WHERE spcname = '{SMALL_TS}'").strip():
+        psql(f"DROP TABLESPACE {SMALL_TS}")
+    if subprocess.run(["mountpoint", "-q", str(SMALL_DIR)], check=False).returncode == 0:
+        subprocess.run(["umount", str(SMALL_DIR)], check=True)
+    if SMALL_DIR.exists():
+        SMALL_DIR.rmdir()
+
+
+BROKEN_VERSION = "2023010599"
+# A plugin upgrade step that changes a core table's schema and a course's data
+# through Moodle's own DDL/DML API, then throws: what a buggy add-on does.
+CHANGES_THEN_FAILS = """<?php
+function xmldb_local_bulkenrol_upgrade($oldversion) {
+    global $DB;
+    $DB->get_manager()->add_field(new xmldb_table('course'),
+        new xmldb_field('moodleopsbroken', XMLDB_TYPE_INTEGER, '10', null, null, null, '0'));
+    $DB->set_field('course', 'fullname', 'changed by a failing upgrade', ['shortname' => 'upg-rehearsal']);
+    throw new coding_exception('moodleops rehearsal: this upgrade step fails on purpose');
+}
+"""
+# A step that fills its database's disk, then throws: the rollback's restore finds no room.
+FILLS_DISK_THEN_FAILS = """<?php
+function xmldb_local_bulkenrol_upgrade($oldversion) {
+    global $DB;
+    $table = new xmldb_table('local_bulkenrol_filler');
+    $table->add_field('id', XMLDB_TYPE_INTEGER, '10', null, XMLDB_NOTNULL, XMLDB_SEQUENCE);
+    $table->add_field('data', XMLDB_TYPE_TEXT);
+    $table->add_key('primary', XMLDB_KEY_PRIMARY, ['id']);
+    $DB->get_manager()->create_table($table);
+    try {
+        for ($i = 0; $i < 4000; $i++) {
+            $DB->insert_record('local_bulkenrol_filler', ['data' => bin2hex(random_bytes(256 * 1024))]);
+        }
+    } catch (dml_exception $e) {
+        throw new coding_exception('moodleops rehearsal: disk full, as intended: ' . $e->getMessage());
+    }
+    throw new coding_exception('moodleops rehearsal: the disk never filled');
+}
+"""
+
+
+def _broken_bulkenrol(mirror: Path, upgrade_php: str, name: str) -> Path:
+    """local_bulkenrol with a higher version whose upgrade step is `upgrade_php`."""
     src = SHARED / "local_bulkenrol-v4.1-r4.zip"
-    out = mirror / "local_bulkenrol-broken.zip"
+    out = mirror / f"local_bulkenrol-{name}.zip"
     with zipfile.ZipFile(src) as zin, zipfile.ZipFile(out, "w") as zout:
         for item in zin.infolist():
             data = zin.read(item)
             if item.filename == "bulkenrol/version.php":
-                data = data.replace(b"2023010503", b"2023010599")
+                data = data.replace(b"2023010503", BROKEN_VERSION.encode())
             if item.filename != "bulkenrol/db/upgrade.php":
                 zout.writestr(item, data)
-        zout.writestr("bulkenrol/db/upgrade.php",
-                      "<?php\nfunction xmldb_local_bulkenrol_upgrade($oldversion) {\n"
-                      "    throw new coding_exception('moodleops rehearsal: this upgrade step fails on purpose');\n}\n")
+        zout.writestr("bulkenrol/db/upgrade.php", upgrade_php)
     return out
 
 
-def test_4_failed_upgrade_rolls_back_to_the_previous_version_with_data_intact(rehearsal: Rehearsal) -> None:
+def _pin_broken(r: Rehearsal, upgrade_php: str, name: str) -> None:
+    pins = yaml.safe_load((REPO_ROOT / "inventory/moodle.yml").read_text())
+    r.set_plugin(pins, "local_bulkenrol", _broken_bulkenrol(r.mirror, upgrade_php, name), BROKEN_VERSION)
+    r.set_pins(pins)
+
+
+def _has_column(table: str, column: str) -> bool:
+    return psql(f"SELECT count(*) FROM information_schema.columns WHERE table_name = '{table}' "
+                f"AND column_name = '{column}'", db=DB).strip() == "1"
+
+
+def test_4_failed_upgrade_rolls_back_schema_and_data(rehearsal: Rehearsal,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
     before = rehearsal.data("read")
     link_before = os.readlink(BASE / "current")
-    pins = yaml.safe_load((REPO_ROOT / "inventory/moodle.yml").read_text())
-    rehearsal.set_plugin(pins, "local_bulkenrol", _broken_bulkenrol(rehearsal.mirror), "2023010599")
-    rehearsal.set_pins(pins)
+    _pin_broken(rehearsal, CHANGES_THEN_FAILS, "changes-then-fails")
+    capsys.readouterr()
     assert rehearsal.upgrade() == 1
+    out = capsys.readouterr().out
+    assert "ROLLED BACK." in out and "MAINTENANCE IS STILL ON" in out, out[-3000:]
     assert os.readlink(BASE / "current") == link_before
     assert _installed(rehearsal, "local_bulkenrol") == Decimal(2023010503)
+    # The step's schema change and data change are both gone: the restored database is the dump.
+    assert not _has_column("mdl_course", "moodleopsbroken")
     assert rehearsal.data("read") == before
     run = rehearsal.runs()[-1]
     assert run["outcome"] == "rolled-back" and "Run Moodle's upgrade" in run["error"]
+    assert run["rollback"]["database"] == "restored" and run["rollback"]["nodes_on_new_code"] == []
+    assert set(run["moodledata"]) == {"before", "after"} and run["moodledata"]["before"]["filedir_files"] > 0
+    # The failed database is kept aside, renamed; no half-restored copy is left.
+    dbs = psql(f"SELECT datname FROM pg_database WHERE datname LIKE '{DB}\\_%'").split()
+    assert f"{DB}_failed_{run['run'].lower()}" in dbs and not [d for d in dbs if "_restore_" in d]
     assert (BASE / "moodledata/climaintenance.html").exists()       # left ON for a human
+    assert not rehearsal.moodle().probe()["cron_enabled"]             # trashdir kept until the old release serves
     assert main(["--inventory", str(rehearsal.env), "platform", "maintenance", "off"]) == 0
     site = site_of(load_inventory(str(rehearsal.env)))
     assert login(site.wwwroot, "admin", site.secret("admin_password")).is_logged_in()
+
+
+def test_5_cron_still_busy_gives_the_site_back(rehearsal: Rehearsal, capsys: pytest.CaptureFixture[str]) -> None:
+    """With a 1-minute announcement and a message: when maintenance starts users
+    see that message; the cron pause then times out on a task still running, and
+    the run gives everything back (cron on, its maintenance lifted, message restored)."""
+    link_before = os.readlink(BASE / "current")
+    before = rehearsal.moodle().probe()
+    assert before["cron_enabled"] and not before["maintenance_cli"]
+    _pin_broken(rehearsal, CHANGES_THEN_FAILS, "changes-then-fails")
+    rehearsal.set_vars(moodle_upgrade_cron_wait=5)
+    site = site_of(load_inventory(str(rehearsal.env)))
+    message = f"Mise a jour {os.getpid()} en cours"
+    busy = subprocess.Popen(["runuser", "-u", site.web_user, "--", site.php, str(HERE / "busy_task.php"),
+                             str(site.config_php)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    seen: list[str] = []
+    stop = threading.Event()
+
+    def watch() -> None:      # what a user's browser gets, once a second
+        while not stop.wait(1):
+            try:
+                page = requests.get(f"{site.wwwroot}/", timeout=5)
+            except requests.RequestException:
+                continue
+            if page.status_code == 503:
+                seen.append(page.text)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    try:
+        assert busy.stdout is not None and busy.stdout.readline().strip() == "running"
+        watcher.start()
+        capsys.readouterr()
+        assert rehearsal.upgrade("--delay", "1", "--message", message) == 1
+    finally:
+        stop.set()
+        watcher.join(timeout=10)
+        assert busy.stdin is not None
+        busy.stdin.close()          # the task finishes through Moodle's API
+        busy.wait(timeout=60)
+        rehearsal.set_vars(moodle_upgrade_cron_wait=600)
+    out = capsys.readouterr().out
+    assert "NOTHING WAS UPGRADED" in out and "cron tasks still running after 5 s" in out, out[-3000:]
+    assert "Cron: re-enabled" in out and "Maintenance: off" in out
+    assert seen and all(message in page for page in seen), seen[:1]
+    after = rehearsal.moodle().probe()
+    assert after["cron_enabled"] and not after["maintenance_cli"] and not after["maintenance_enabled"]
+    assert after["maintenance_later"] is None
+    assert after["maintenance_message"] == before["maintenance_message"]
+    assert os.readlink(BASE / "current") == link_before
+    run = rehearsal.runs()[-1]
+    assert run["outcome"] == "failed-before-change" and "still running" in run["error"]
+    assert run["dump"] is None
+    assert busy.returncode == 0 and busy.stdout is not None and busy.stdout.read().strip() == "done"
+
+
+def test_6_restore_without_room_keeps_the_live_database_and_says_so(
+        rehearsal: Rehearsal, capsys: pytest.CaptureFixture[str]) -> None:
+    """The rehearsal database moved to a small tablespace (a tmpfs) with room
+    for the pre-flight's margin; the failing step fills it, so the rollback
+    cannot restore: the live database must be kept, nothing dropped, and the
+    message must say exactly that. Last test: it leaves the rehearsal broken."""
+    db_bytes = int(psql(f"SELECT pg_database_size('{DB}')"))
+    SMALL_DIR.mkdir(exist_ok=True)
+    size_mb = db_bytes * 3 // (1024 * 1024) + 16
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m,mode=0700", "tmpfs", str(SMALL_DIR)], check=True)
+    subprocess.run(["chown", "postgres:postgres", str(SMALL_DIR)], check=True)
+    psql(f"CREATE TABLESPACE {SMALL_TS} LOCATION '{SMALL_DIR}'")
+    psql(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{DB}'")
+    psql(f'ALTER DATABASE "{DB}" SET TABLESPACE {SMALL_TS}')
+    oid = psql(f"SELECT oid FROM pg_database WHERE datname = '{DB}'").strip()
+    _pin_broken(rehearsal, FILLS_DISK_THEN_FAILS, "fills-disk")
+    capsys.readouterr()
+    assert rehearsal.upgrade() == 1
+    out = capsys.readouterr().out
+    assert "ROLLBACK INCOMPLETE." in out and "Database: NOT restored" in out, out[-3000:]
+    assert "nothing was dropped" in out and "MAINTENANCE IS STILL ON" in out
+    # The live database is the same one (same oid), and the partial copy is gone.
+    assert psql(f"SELECT oid FROM pg_database WHERE datname = '{DB}'").strip() == oid
+    assert not psql(f"SELECT datname FROM pg_database WHERE datname LIKE '{DB}\\_restore\\_%'").split()
+    assert psql(f"SELECT datallowconn FROM pg_database WHERE datname = '{DB}'").strip() == "t"
+    run = rehearsal.runs()[-1]
+    assert run["outcome"] == "rollback-incomplete" and run["rollback"]["database"] == "failed"
+    assert run["rollback"]["database_error"]
+    assert (BASE / "moodledata/climaintenance.html").exists()
+    assert Path(run["dump"]).is_file()            # the pre-upgrade dump is kept for the manual restore
