@@ -326,7 +326,6 @@ def run_run(args: argparse.Namespace) -> int:
         if not 0 <= args.start_hour < 24:
             return _fail(f"--start-hour: {args.start_hour:g} is not valid (0 to 24)")
         fixture = fx.load_fixture(_fixture_dir(args, site.state_dir), args.prefix)
-        moodle_http_preflight(target)  # refused, 5xx or maintenance: one line, no Locust started
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         results = args.results or Path("loadtest-results") / f"{args.shape}-{stamp}"
         req = RunRequest(shape=args.shape, users=args.users, duration_s=args.duration, workers=args.workers,
@@ -334,7 +333,8 @@ def run_run(args: argparse.Namespace) -> int:
                          results_dir=results.resolve(), target=target,
                          ssh=SshOptions(user=args.ssh_user, port=args.ssh_port, identity=args.ssh_key,
                                         known_hosts=args.ssh_known_hosts))
-        make_plan(req, inv, model, fixture)          # refusals before anything starts
+        make_plan(req, inv, model, fixture)          # bad input is refused before any service is asked
+        moodle_http_preflight(target)  # refused, 5xx or maintenance: one line, no Locust started
         print(f"running {args.shape} against {target} for {args.duration:g} s -> {req.results_dir}", flush=True)
         summary = run(req, inv, model, fixture, echo=not args.quiet, site=site)
     except (LocustFailed, WorkerHostError) as exc:
