@@ -90,6 +90,12 @@ class BusyError(OpsError):
     status = ExitStatus.BUSY
 
 
+class IncompleteError(OpsError):
+    """An earlier run was interrupted and must be recovered first: nothing changed."""
+
+    status = ExitStatus.INCOMPLETE
+
+
 class OperationFailed(OpsError):
     """The operation stopped on one of its own checks (corrupt object, failed step)."""
 

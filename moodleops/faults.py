@@ -314,7 +314,9 @@ def report(exc: BaseException, *, debug: bool = False,
     err = translate(exc, addresses)
     if err is None:
         hint = "" if debug else " (run again with --debug for the traceback)"
-        print(f"moodleops: internal error: {type(exc).__name__}: {oneline(exc)[:300]}{hint}", file=sys.stderr)
+        notes = "".join(f"; {oneline(n)}" for link in _chain(exc) for n in getattr(link, "__notes__", []))
+        print(f"moodleops: internal error: {type(exc).__name__}: {oneline(exc)[:300]}{notes}{hint}",
+              file=sys.stderr)
         return int(ExitStatus.BUG)
     print(f"moodleops: error: {err.line()}", file=sys.stderr)
     return int(err.status)

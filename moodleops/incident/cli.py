@@ -6,38 +6,23 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import traceback
 from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
 from moodleops.commands import add_area, add_command
-from moodleops.errors import ExitStatus
+from moodleops.errors import exit_table_text
 from moodleops.faults import translate
 from moodleops.incident.csvinput import parse_renewals_option, parse_user_list, read_user_csv
-from moodleops.incident.errors import IncidentError, IncidentIncomplete, JournalError, LockBusy
+from moodleops.incident.errors import IncidentError
 from moodleops.incident.journal import DEFAULT_COPY_DIR, verify_file
 from moodleops.incident.runbook import DEFAULT_CHUNK, Outcome, Runbook, Who
 from moodleops.inventory import load_inventory
-from moodleops.inventory.errors import InventoryError
-from moodleops.moodle import MoodleError
 from moodleops.site import site_of
 
-EXIT = """\
-exit status:
-  0  done (or dry run shown)
-  1  done, but drift or problems were left as is (listed)
-  2  bad input: nothing changed (one line on stderr naming the bad value)
-  3  the platform lock is held (another runbook, an upgrade, a restore): nothing changed;
-     the message says who holds it, since when, doing what
-  4  Moodle (the PHP helper or its database) failed: see the message; the journal says
-     what was applied (`moodleops incident recover` if an incident was left incomplete)
-  6  the journal is damaged (`moodleops incident verify` says where)
-  7  an earlier incident is incomplete (interrupted): nothing changed; run
-     `moodleops incident recover`
-  70 internal error of moodleops (a bug): one line on stderr; the journal says what was
-     applied
-"""
+# The one table of the CLI; incidents use 0-4, 6 (damaged journal) and 7 (an
+# incident left incomplete: `moodleops incident recover`).
+EXIT = "exit status:\n" + exit_table_text() + "\n"
 
 APPLY_NOTE = """\
 Dry run by default: the command prints exactly what would change, object by
@@ -88,36 +73,14 @@ def _finish(outcome: Outcome) -> int:
 
 
 def _guarded(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Errors go to the CLI's one reporter; a bug also says where to see what was applied."""
     def run(args: argparse.Namespace) -> int:
         try:
             return fn(args)
-        except IncidentError as exc:
-            print(f"moodleops: error: {exc}", file=sys.stderr)
-            return 2
-        except LockBusy as exc:
-            print(f"moodleops: error: {exc}", file=sys.stderr)
-            return 3
-        except MoodleError as exc:
-            print(f"moodleops: error: {exc.line()}", file=sys.stderr)   # names the PHP CLI (moodleops.errors)
-            return 4
-        except IncidentIncomplete as exc:
-            print(f"moodleops: error: {exc}", file=sys.stderr)
-            return int(ExitStatus.INCOMPLETE)
-        except JournalError as exc:
-            print(f"moodleops: error: {exc}", file=sys.stderr)
-            return 6
-        except (InventoryError, KeyboardInterrupt, BrokenPipeError):
+        except Exception as exc:
+            if translate(exc) is None:
+                exc.add_note("the journal says what was applied: `moodleops incident list`")
             raise
-        except Exception as exc:  # noqa: BLE001 -- a bug: never mistaken for "drift" (1)
-            fault = translate(exc)   # a dependency's fault (disk, database...), not a bug: the table's status
-            if fault is not None:
-                print(f"moodleops: error: {fault.line()}", file=sys.stderr)
-                return int(fault.status)
-            where = traceback.extract_tb(exc.__traceback__)[-1]
-            print(f"moodleops: internal error: {type(exc).__name__}: {' '.join(str(exc).split())} "
-                  f"(at {Path(where.filename).name}:{where.lineno}); the journal says what was applied: "
-                  "`moodleops incident list`", file=sys.stderr)
-            return 70
     return run
 
 
