@@ -7,20 +7,9 @@
 //   {"action": "hand_edit", "userid": N, "fields": {...}}
 //   {"action": "token", "userid": N}
 //   {"action": "cleanup", "userids": [...], "categoryids": [...]}
-define('CLI_SCRIPT', true);
-define('NO_OUTPUT_BUFFERING', true);
+require(__DIR__ . '/../moodle_fixture.php');
 
-require($argv[1]);
-require_once($CFG->dirroot . '/cohort/lib.php');
-require_once($CFG->dirroot . '/course/lib.php');
-require_once($CFG->dirroot . '/user/lib.php');
-require_once($CFG->dirroot . '/user/profile/lib.php');
-require_once($CFG->dirroot . '/user/profile/definelib.php');
-require_once($CFG->libdir . '/testing/generator/lib.php');
-require_once($CFG->libdir . '/enrollib.php');
-
-$r = json_decode(stream_get_contents(STDIN), true);
-\core\session\manager::set_user(get_admin());
+$r = moodleops_request('action');
 
 /** The account-type field of platform.yml; created (text field) if the site lacks it. */
 function fixture_ensure_field(string $shortname): void {

@@ -9,30 +9,10 @@
 //                      "enrolments": [{"course", "active"}]}]}
 //       or {"action": "cleanup", "usernames": [...], "cohorts": [...], "categories": [...]}
 // Profile fields are kept: stable test fields shared by every run.
-define('CLI_SCRIPT', true);
-
-if ($argc < 2 || !is_file($argv[1])) {
-    fwrite(STDERR, "usage: php membership_fixture.php /path/to/config.php < payload.json\n");
-    exit(2);
-}
-require($argv[1]);
-require_once($CFG->dirroot . '/cohort/lib.php');
-require_once($CFG->dirroot . '/course/lib.php');
-require_once($CFG->dirroot . '/user/lib.php');
-require_once($CFG->dirroot . '/user/profile/lib.php');
-require_once($CFG->dirroot . '/user/profile/definelib.php');
+require(__DIR__ . '/../moodle_fixture.php');
 require_once($CFG->dirroot . '/enrol/locallib.php');
 
-$in = json_decode(stream_get_contents(STDIN), true);
-if (!is_array($in) || !isset($in['action'])) {
-    fwrite(STDERR, "stdin must be a JSON object with an action\n");
-    exit(2);
-}
-\core\session\manager::set_user(get_admin());
-set_exception_handler(function ($e) {
-    fwrite(STDERR, get_class($e) . ': ' . $e->getMessage() . ' ' . ($e->debuginfo ?? '') . "\n");
-    exit(1);
-});
+$in = moodleops_request('action');
 $mnethostid = $CFG->mnet_localhost_id;
 $out = ['action' => $in['action']];
 

@@ -6,19 +6,9 @@
 // private files and a draft, cohorts and the account-type profile field.
 //   php fixture_storage.php /srv/moodle/current/config.php < payload.json
 // Prints one line "MOODLEOPS-JSON: {...}" describing what Moodle stored.
-define('CLI_SCRIPT', true);
-define('NO_OUTPUT_BUFFERING', true);
+require(__DIR__ . '/../moodle_fixture.php');
 
-require($argv[1]);
-require_once($CFG->libdir . '/testing/generator/lib.php');
-require_once($CFG->libdir . '/filelib.php');
-require_once($CFG->dirroot . '/cohort/lib.php');
-require_once($CFG->dirroot . '/course/lib.php');
-require_once($CFG->dirroot . '/user/lib.php');
-require_once($CFG->dirroot . '/user/profile/lib.php');
-
-$in = json_decode(stream_get_contents(STDIN), true);
-\core\session\manager::set_user(get_admin());
+$in = moodleops_request('action');
 $gen = new testing_data_generator();
 $fs = get_file_storage();
 
