@@ -3,7 +3,8 @@
 // reading it from stdin so that it never appears on a command line:
 // install_database.php insists on --adminpass, so the install runs with a
 // throwaway password and this helper sets the real one right after.
-//   php set_password.php /srv/moodle/current/config.php < {"username": "admin", "password": "..."}
+//   php set_password.php /srv/moodle/current/config.php [--dry-run] < {"username": "admin", "password": "..."}
+// --dry-run (Ansible's check mode): say whether it would change, change nothing.
 // stdout: MOODLEOPS-JSON: {"changed": bool}
 require(__DIR__ . '/_bootstrap.php');
 
@@ -15,7 +16,7 @@ if (!$user) {
     exit(2);
 }
 $changed = !validate_internal_user_password($user, (string)$request['password']);
-if ($changed) {
+if ($changed && !in_array('--dry-run', array_slice($argv, 2), true)) {
     update_internal_user_password($user, (string)$request['password']);
 }
 moodleops_reply(['changed' => $changed]);
