@@ -89,13 +89,25 @@ def prepare(cli: MoodleCLI, prefix: str, *, students: int, trainers: int, questi
     return record
 
 
+#: What a run reads from a prepared fixture's record (written by `loadtest prepare`).
+FIXTURE_KEYS = ("password", "quiz_questions", "students", "trainers")
+
+
 def load_fixture(directory: Path, prefix: str) -> dict[str, Any]:
     path = fixture_file(directory, check_prefix(prefix))
     if not path.is_file():
         raise LoadtestError(f"--prefix: {prefix!r} has no fixture in {directory} "
                             "(run `moodleops loadtest prepare --prefix ...` first)")
-    data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-    return data
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise LoadtestError(f"{path}: not a fixture record ({exc}); run `moodleops loadtest prepare "
+                            f"--prefix {prefix}` again") from None
+    missing = [k for k in FIXTURE_KEYS if k not in data] if isinstance(data, dict) else list(FIXTURE_KEYS)
+    if missing:
+        raise LoadtestError(f"{path}: not a prepared fixture (no {', '.join(missing)}); run `moodleops "
+                            f"loadtest prepare --prefix {prefix}` again")
+    return dict(data)
 
 
 def inspect(cli: MoodleCLI, prefix: str) -> dict[str, Any]:

@@ -36,6 +36,7 @@ from moodleops.backup.multipart import upload_file
 from moodleops.backup.platform_backup import run_backup
 from moodleops.backup.s3 import client, list_keys
 from moodleops.cli import main
+from moodleops.errors import ExitStatus
 from moodleops.inventory import load_inventory
 from moodleops.platform.lock import platform_lock
 from moodleops.platform.provision import provisioning_lock
@@ -214,7 +215,7 @@ def test_3_wipe_and_restore_serves_the_same_course_user_and_file(stack: Rehearsa
     mp = pytest.MonkeyPatch()
     mp.setenv("MOODLEOPS_BACKUP_MANIFEST_KEY", Fernet.generate_key().decode())
     try:
-        assert cli(stack, "restore", "--manifest", latest, "--target-inventory", str(stack.env), "--confirm") == 3
+        assert cli(stack, "restore", "--manifest", latest, "--target-inventory", str(stack.env), "--confirm") == ExitStatus.FAILED
     finally:
         mp.undo()
     assert "sealed with key" in capsys.readouterr().err
@@ -320,7 +321,8 @@ def test_6_pruning_keeps_every_blob_a_kept_manifest_needs(stack: Rehearsal) -> N
         manifest.put(s3, cfg, {"format": manifest.FORMAT, "id": bid, "blobs": {"sha1": need},
                                "database": {"key": cfg.key("db", bid + ".dump")},
                                "moodledata": {"key": cfg.key("moodledata", bid + ".tar.gz")}})
-    p = retention.plan(s3, cfg, grace=timedelta(0))
+    p = retention.plan(s3, cfg, grace=timedelta(0), now=datetime(2029, 1, 11, tzinfo=UTC))
+    # (now: after the backups; a grace counts from a blob's last reference, and they are dated 2029)
     # Newest of each of the last 3 days, and of the last 2 ISO weeks (2029-01-07 ends week 1).
     assert set(p.keep) == {ids[9], ids[8], ids[7], ids[6]}
     retention.apply(s3, cfg, p)

@@ -16,6 +16,7 @@ builder to FAULTS. README.md records the size of the matrix."""
 from __future__ import annotations
 
 import http.server
+import json
 import os
 import re
 import shutil
@@ -36,6 +37,7 @@ import boto3
 import pytest
 import requests
 import yaml
+from cryptography.fernet import Fernet
 
 from moodleops import REPO_ROOT
 from moodleops.errors import ExitStatus
@@ -163,6 +165,8 @@ def world(provisioned: object) -> Iterator[World]:
     mp.setenv("AWS_SECRET_ACCESS_KEY", "moodleops-test")
     mp.delenv("AWS_PROFILE", raising=False)
     mp.delenv("MOODLEOPS_BACKUP_S3_ENDPOINT_URL", raising=False)
+    # backup run seals the manifest's secrets: with a key, a row meets its fault, not a missing key.
+    mp.setenv("MOODLEOPS_BACKUP_MANIFEST_KEY", Fernet.generate_key().decode())
     # The copies live under /tmp: the artifact mirror is found by the environment, not by a relative path.
     mp.setenv("MOODLEOPS_ARTIFACTS", os.environ.get("MOODLEOPS_ARTIFACTS") or str(REPO_ROOT.parent / "shared/artifacts"))
     s3 = moto()
@@ -532,7 +536,13 @@ def outcomes(world: World) -> dict[str, Outcome]:
         env_dir = inventory(world, name, fault.vars, fault.host_vars)
         state = Path(yaml.safe_load((env_dir / "group_vars/all.yml").read_text())["moodleops_state_dir"])
         if row.argv[:2] == ("loadtest", "run"):
-            (state / "ltfault1.json").write_text("{}")   # a prepared fixture's record: the run reaches Moodle
+            # A prepared fixture's record, large enough for the smoke shape: the run reaches Moodle.
+            record = {"prefix": "ltfault1", "password": "x", "quiz_questions": 3, "course_id": 1,
+                      "forum_cmid": 1, "discussion_id": 1, "discussion_post_id": 1, "resource_cmid": 1,
+                      "quiz_cmid": 1, "assign_cmid": 1,
+                      "students": [{"username": f"ltfault1s{i:04d}", "course": 0} for i in range(60)],
+                      "trainers": [{"username": f"ltfault1t{i:04d}", "course": 0} for i in range(10)]}
+            (state / "ltfault1.json").write_text(json.dumps(record))
         jobs.append((row, fault, name, env_dir, state))
     # Rows of one command run one after the other: a command may take a lock of its own
     # (the platform lock of `platform maintenance`), and a row must meet its fault, not its neighbour.
