@@ -27,8 +27,8 @@ import stat
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from moodleops.exporters.storage_model import FiledirStats
@@ -39,8 +39,9 @@ _LEVEL = re.compile(r"^[0-9a-f]{2}$")
 EMPTY_HASH = "da39a3ee5e6b4b0d3255bfef95601890afd80709"
 
 
-@dataclass(frozen=True)
-class Blob:
+class Blob(NamedTuple):
+    # A tuple, not a dataclass: an incremental walk makes one per blob of the pool
+    # from the state file, and that creation is most of its CPU.
     hash: str
     size: int
     mtime: float
@@ -97,10 +98,13 @@ class WalkCache:
         self.path = path
         self._dirs_file = Path(f"{path}.dirs.npz")
         self._blobs_file = Path(f"{path}.blobs")
-        self.dirs = np.zeros(65536, dtype=_DIRS)
-        self.dirs["offset"] = -1
-        self._old: np.ndarray | None = None
+        # Per-directory state as plain lists: the walk reads and writes one entry per
+        # directory (65,536), and numpy's element access would cost more than the rest.
+        self._mtime_ns, self._listed_ns = [0] * 65536, [0] * 65536
+        self._offset, self._count = [-1] * 65536, [0] * 65536
+        self._old: tuple[list[int], list[int], list[int], list[int]] | None = None
         self._old_blobs = None
+        self._last_raw = b""
         try:
             with np.load(self._dirs_file) as saved:
                 old, token = saved["dirs"], saved["token"].tobytes()
@@ -109,7 +113,9 @@ class WalkCache:
             # The index and the blobs must be of the same walk (a crash between the two
             # renames would pair them wrongly): both carry the walk's random token.
             if old.dtype == _DIRS and len(old) == 65536 and blobs.read(16) == token:
-                self._old_blobs, self._old = blobs, old
+                self._old_blobs = blobs
+                self._old = (old["mtime_ns"].tolist(), old["listed_ns"].tolist(),
+                             old["offset"].tolist(), old["count"].tolist())
             else:
                 blobs.close()
         except (OSError, ValueError, KeyError):
@@ -125,25 +131,26 @@ class WalkCache:
 
     def reuse(self, index: int, mtime_ns: int) -> list[Blob] | None:
         """The blobs the last walk saw in directory `index`, if it cannot have changed."""
-        old = self._old
-        if old is None or self._old_blobs is None:
+        if self._old is None or self._old_blobs is None:
             return None
-        d = old[index]
-        if d["offset"] < 0 or d["mtime_ns"] != mtime_ns or mtime_ns >= d["listed_ns"] - _MTIME_SLACK_NS:
+        old_mtime, old_listed, old_offset, old_count = self._old
+        offset, count = old_offset[index], old_count[index]
+        if offset < 0 or old_mtime[index] != mtime_ns or mtime_ns >= old_listed[index] - _MTIME_SLACK_NS:
             return None
-        want = 16 + int(d["offset"]) * _CACHED.itemsize
+        want = 16 + offset * _CACHED.itemsize
         if self._old_blobs.tell() != want:
             self._old_blobs.seek(want)
-        raw = self._old_blobs.read(int(d["count"]) * _CACHED.itemsize)
-        if len(raw) != int(d["count"]) * _CACHED.itemsize:
+        raw = self._old_blobs.read(count * _CACHED.itemsize)
+        if len(raw) != count * _CACHED.itemsize:
             return None
+        self._last_raw = raw
         rec = np.frombuffer(raw, dtype=_CACHED)
         hexes = rec["h"].tobytes().hex()
-        return [Blob(hexes[40 * i:40 * i + 40], s, m)
-                for i, (s, m) in enumerate(zip(rec["s"].tolist(), rec["m"].tolist(), strict=True))]
+        return list(map(Blob, [hexes[i:i + 40] for i in range(0, 40 * count, 40)],
+                        rec["s"].tolist(), rec["m"].tolist()))
 
     def listed_ns(self, index: int) -> int:
-        return int(self._old["listed_ns"][index]) if self._old is not None else 0
+        return self._old[1][index] if self._old is not None else 0
 
     def record(self, index: int, mtime_ns: int, listed_ns: int, blobs: list[Blob]) -> None:
         rec = np.empty(len(blobs), dtype=_CACHED)
@@ -151,9 +158,25 @@ class WalkCache:
             rec["h"] = np.frombuffer(bytes.fromhex("".join(b.hash for b in blobs)), dtype="S20")
             rec["s"] = [b.size for b in blobs]
             rec["m"] = [b.mtime for b in blobs]
-        self._new_blobs.write(rec.tobytes())
-        self.dirs[index] = (mtime_ns, listed_ns, self._written, len(blobs))
-        self._written += len(blobs)
+        self._put(index, mtime_ns, listed_ns, rec.tobytes(), len(blobs))
+
+    def record_reused(self, index: int, mtime_ns: int) -> None:
+        """Carry the directory `reuse` just returned over to the new state, as read."""
+        raw = self._last_raw
+        self._put(index, mtime_ns, self.listed_ns(index), raw, len(raw) // _CACHED.itemsize)
+
+    def _put(self, index: int, mtime_ns: int, listed_ns: int, raw: bytes, count: int) -> None:
+        self._new_blobs.write(raw)
+        self._mtime_ns[index], self._listed_ns[index] = mtime_ns, listed_ns
+        self._offset[index], self._count[index] = self._written, count
+        self._written += count
+
+    @property
+    def dirs(self) -> np.ndarray:
+        out = np.zeros(65536, dtype=_DIRS)
+        out["mtime_ns"], out["listed_ns"] = self._mtime_ns, self._listed_ns
+        out["offset"], out["count"] = self._offset, self._count
+        return out
 
     def finish(self, complete: bool) -> None:
         """Keep the new state (complete walk) or the previous one (interrupted)."""
@@ -237,7 +260,7 @@ def walk_filedir(filedir: Path, errors: list[str], progress: WalkProgress | None
             else:
                 progress.dirs_reused += 1
                 if cache is not None:
-                    cache.record(index, st.st_mtime_ns, cache.listed_ns(index), blobs)
+                    cache.record_reused(index, st.st_mtime_ns)
             for b in blobs:
                 progress.blobs += 1
                 yield b
