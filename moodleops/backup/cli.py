@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from moodleops.backup import export_mail, manifest, markers, restore, retention, sealing
-from moodleops.backup.config import backup_config
+from moodleops.backup.config import BackupConfig, backup_config
 from moodleops.backup.index import BlobIndex
 from moodleops.backup.platform_backup import backup_lock, report_json, run_backup, work_dir
 from moodleops.backup.progress import human_bytes
@@ -28,7 +28,7 @@ from moodleops.backup.school_export import (
 from moodleops.commands import add_area, add_command
 from moodleops.errors import DependencyError, S3Error, SmtpError
 from moodleops.faults import translate
-from moodleops.inventory import load_inventory
+from moodleops.inventory import School, load_inventory
 from moodleops.platform.guard import PlatformHeld, platform_operation
 from moodleops.platform.lock import PlatformLockBusy, PlatformLockError, platform_lock
 from moodleops.site import site_of
@@ -275,7 +275,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     return status
 
 
-def _mail(args: argparse.Namespace, cfg: Any, school: Any, rep: ExportReport, state_dir: Path,
+def _mail(args: argparse.Namespace, cfg: BackupConfig, school: School, rep: ExportReport, state_dir: Path,
           reports: list[ExportReport]) -> None:
     say = print if args.format == "text" else (lambda *_a, **_k: None)
     relay = f"{cfg.smtp_host}:{cfg.smtp_port}"
@@ -304,8 +304,9 @@ def _export_done(reports: list[ExportReport], failed_at: ExportReport) -> str:
                      + (f", mailed to {', '.join(r.mailed_to)}" if r.mailed_to else "")
                      + ("" if r.complete else f", {len(r.failed)} failed") for r in reports)
     unmailed = [r.school for r in reports[reports.index(failed_at):]]
-    return (f"done: {done} (manifests written); links NOT mailed for {', '.join(unmailed)}: the same "
-            "`moodleops backup export ... --mail` again mails them without uploading again")
+    again = " ".join(f"--school {code}" for code in unmailed)
+    return (f"done: {done} (manifests written); links NOT mailed for {', '.join(unmailed)}: "
+            f"`moodleops backup export {again} --mail` (same --export-id) mails them without uploading again")
 
 
 @_guard
