@@ -10,17 +10,25 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
-from moodleops.backup import manifest, markers, restore, retention, sealing
-from moodleops.backup.config import backup_config
+from moodleops.backup import export_mail, manifest, markers, restore, retention, sealing
+from moodleops.backup.config import BackupConfig, backup_config
 from moodleops.backup.index import BlobIndex
 from moodleops.backup.platform_backup import backup_lock, report_json, run_backup, work_dir
 from moodleops.backup.progress import human_bytes
-from moodleops.backup.s3 import BackupError, client
-from moodleops.backup.school_export import EXPORT_ID, export_school, export_status, reminder_lines
+from moodleops.backup.s3 import BackupError, client, presigner
+from moodleops.backup.school_export import (
+    EXPORT_ID,
+    ExportReport,
+    MoodleCourses,
+    export_school,
+    export_status,
+    record_mailing,
+    reminder_lines,
+)
 from moodleops.commands import add_area, add_command
-from moodleops.errors import DependencyError, S3Error
+from moodleops.errors import DependencyError, S3Error, SmtpError
 from moodleops.faults import translate
-from moodleops.inventory import load_inventory
+from moodleops.inventory import School, load_inventory
 from moodleops.platform.guard import PlatformHeld, platform_operation
 from moodleops.platform.lock import PlatformLockBusy, PlatformLockError, platform_lock
 from moodleops.site import site_of
@@ -31,8 +39,10 @@ exit status (the table of `moodleops --help`):
   1  done with problems (failed courses, pending schools in the reminder window)
   2  bad input or inventory: nothing changed (one line on stderr naming the bad value)
   3  another backup, prune or restore holds the lock: nothing changed
-  4  S3, the database or Moodle failed: one line names it, where, what to check
-     and what was already done (`backup run` and `export` resume on a re-run)
+  4  S3, the database, Moodle or the SMTP relay failed: one line names it, where,
+     what to check and what was already done (`backup run` and `export` resume
+     on a re-run; an export whose mail failed is mailed by a re-run with --mail,
+     without uploading again)
   5  a local filesystem refused (the state directory full, read-only, not writable)
   6  the restore or export stopped on its own check (a corrupted object is named)
 """
@@ -236,22 +246,67 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     if not EXPORT_ID.match(args.export_id):
         return _err(f"--export-id {args.export_id!r} is not valid (allowed: [a-z0-9-], up to 63 characters)")
+    if args.link_hours is not None and args.link_hours < 1:
+        return _err(f"--link-hours {args.link_hours} is not valid (allowed: 1 or more; links live at most 168 h)")
+    if args.dry_run and args.mail:
+        return _err("--dry-run and --mail together: a dry run mails nothing (drop one)")
     inv, site, cfg, s3 = _ctx(args.inventory)
     codes = [s.code for s in inv.schools]
     for code in args.school:
         if code not in codes:
             return _err(f"--school {code!r} is not valid (allowed: {', '.join(codes)})")
+    source = MoodleCourses(site)
+    signer = None if args.dry_run else presigner(cfg)
     status = 0
-    reports = []
+    reports: list[ExportReport] = []
     for code in args.school:
-        rep = export_school(s3, cfg, inv, site, inv.school(code), args.export_id)
+        rep = export_school(s3, cfg, inv, inv.school(code), args.export_id, source=source, state_dir=site.state_dir,
+                            signer=signer, link_hours=args.link_hours, dry_run=args.dry_run)
         reports.append(rep)
         status = max(status, 0 if rep.complete else 1)
         if args.format == "text":
             print("\n".join(rep.lines()))
-    if args.format == "json":
-        print(json.dumps([r.__dict__ for r in reports], default=str))
+    try:
+        for rep in reports:
+            _mail(args, cfg, inv.school(rep.school), rep, site.state_dir, reports)
+    finally:
+        if args.format == "json":
+            print(json.dumps([r.as_json() for r in reports], default=str))
     return status
+
+
+def _mail(args: argparse.Namespace, cfg: BackupConfig, school: School, rep: ExportReport, state_dir: Path,
+          reports: list[ExportReport]) -> None:
+    say = print if args.format == "text" else (lambda *_a, **_k: None)
+    relay = f"{cfg.smtp_host}:{cfg.smtp_port}"
+    if rep.dry_run:
+        say(f"  would mail the links to {', '.join(school.referents)} via {relay} with --mail")
+        return
+    if not args.mail:
+        say(f"  links not mailed: add --mail to send them to {', '.join(school.referents)} (via {relay})")
+        return
+    if not rep.complete:
+        say(f"  not mailed: {len(rep.failed)} course(s) failed; a re-run with --mail finishes and mails them")
+        return
+    try:
+        to = export_mail.send(cfg, export_mail.compose(cfg, school, rep))
+    except SmtpError as exc:
+        exc.done = _export_done(reports, rep)
+        raise
+    record_mailing(state_dir, school, rep, to, rep.generated)
+    rep.mailed_to = to
+    say(f"  mailed the links to {', '.join(to)} via {relay}")
+
+
+def _export_done(reports: list[ExportReport], failed_at: ExportReport) -> str:
+    """What was done when a mail failed: the uploads are kept, a re-run mails them."""
+    done = "; ".join(f"{r.school}: {len(r.already) + len(r.exported)} course(s) uploaded"
+                     + (f", mailed to {', '.join(r.mailed_to)}" if r.mailed_to else "")
+                     + ("" if r.complete else f", {len(r.failed)} failed") for r in reports)
+    unmailed = [r.school for r in reports[reports.index(failed_at):]]
+    again = " ".join(f"--school {code}" for code in unmailed)
+    return (f"done: {done} (manifests written); links NOT mailed for {', '.join(unmailed)}: "
+            f"`moodleops backup export {again} --mail` (same --export-id) mails them without uploading again")
 
 
 @_guard
@@ -348,13 +403,26 @@ def register(areas: argparse._SubParsersAction) -> None:
                     description="Back up every course below the school's category through Moodle (.mbz, with "
                                 "user data if backup_export_user_data says so for the school), upload them under "
                                 "exports/<school>/<export id>/ with manifest.json and SHA256SUMS, and print "
-                                "pre-signed links for the referents (backup_export_link_expiry_hours). A rerun "
-                                "skips the courses already in the bucket.",
-                    epilog="examples:\n  moodleops backup export --school ifsi_millau\n"
+                                "pre-signed links for the referents, and with --mail mail them to the school's "
+                                "referents (schools.yml) through backup_export_smtp_host/port. Courses above "
+                                "backup_export_multipart_threshold_mb go up in parts. Links live "
+                                "backup_export_link_expiry_hours (or --link-hours), shortened (and said so) "
+                                "to S3's 7 days and to the expiry of the session credentials that sign them. "
+                                "A rerun skips the courses already in the bucket with today's user-data "
+                                "setting, redoes those exported with the other one, and resumes an "
+                                "interrupted upload.",
+                    epilog="examples:\n  moodleops backup export --school ifsi_millau --dry-run\n"
+                           "  moodleops backup export --school ifsi_millau --mail\n"
                            "  moodleops backup export --school ifms_lot --school ifms_albi --export-id final-2029\n\n"
                            + EXIT)
     p.add_argument("--school", action="append", required=True, metavar="CODE", help="school code (repeatable)")
     p.add_argument("--export-id", default="end-of-agreement", help="export name (default: %(default)s)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="say which courses would be exported, redone or skipped; back up, upload and mail nothing")
+    p.add_argument("--mail", action="store_true",
+                   help="mail the links to the school's referents once its export is complete (default: print only)")
+    p.add_argument("--link-hours", type=int, metavar="N",
+                   help="ask links valid N hours (default: backup_export_link_expiry_hours)")
     _fmt(p)
     p.set_defaults(run=cmd_export)
 

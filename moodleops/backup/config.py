@@ -17,6 +17,10 @@ DEFAULT_EXCLUDES = ("filedir", "cache", "localcache", "temp", "sessions", "trash
                     "climaintenance.html")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _REGION = re.compile(r"^eu-[a-z]+-[0-9]$")
+_HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$|^\[?[0-9A-Fa-f:]+\]?$")
+_MAILBOX = re.compile(r"^[^@\s<>]+@[A-Za-z0-9.-]+$")
+# S3 takes at most 5 GiB in one PUT: above that, multipart is the only way.
+MAX_SINGLE_PUT_MB = 5 * 1024
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,10 @@ class BackupConfig:
     export_user_data_default: bool
     export_user_data: dict[str, bool]   # school code -> with user data
     reminder_days: tuple[int, ...]      # days before the agreement end when pending schools are reported
+    export_multipart_threshold: int     # bytes: a course export above this goes up in parts
+    smtp_host: str                      # the relay that mails the export links to the referents
+    smtp_port: int
+    mail_from: str
 
     def key(self, *parts: str) -> str:
         return self.prefix + "/".join(parts)
@@ -105,6 +113,12 @@ def backup_config(inv: Inventory) -> BackupConfig:
     reminders = v.get("backup_export_reminder_days", [365, 180, 90, 30, 7])
     if not isinstance(reminders, list) or not reminders:
         raise InventoryError(f, "backup_export_reminder_days", reminders, "a non-empty list of day counts")
+    smtp_host = v.get("backup_export_smtp_host")
+    if not isinstance(smtp_host, str) or not _HOST.match(smtp_host):
+        raise InventoryError(f, "backup_export_smtp_host", smtp_host, "the SMTP relay's host name or address")
+    mail_from = v.get("backup_export_mail_from")
+    if not isinstance(mail_from, str) or not _MAILBOX.match(mail_from):
+        raise InventoryError(f, "backup_export_mail_from", mail_from, "a mailbox such as moodle-exports@example.org")
     return BackupConfig(
         bucket=bucket, region=region, prefix=prefix, endpoint_url=endpoint or None, sse=sse,
         retention=retention, moodledata_excludes=tuple(str(x) for x in excludes),
@@ -117,4 +131,10 @@ def backup_config(inv: Inventory) -> BackupConfig:
         export_user_data={str(k): bool(x) for k, x in user_data.items()},
         reminder_days=tuple(sorted((_int(inv, "backup_export_reminder_days", d, 1, 3650) for d in reminders),
                                    reverse=True)),
+        export_multipart_threshold=_int(inv, "backup_export_multipart_threshold_mb",
+                                        v.get("backup_export_multipart_threshold_mb", MAX_SINGLE_PUT_MB),
+                                        1, MAX_SINGLE_PUT_MB) * 1024 * 1024,
+        smtp_host=smtp_host.strip("[]"),
+        smtp_port=_int(inv, "backup_export_smtp_port", v.get("backup_export_smtp_port", 25), 1, 65535),
+        mail_from=mail_from,
     )

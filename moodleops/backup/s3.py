@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import boto3
@@ -19,8 +21,8 @@ class BackupError(RuntimeError):
     """A backup, restore or export step failed; the message says which object or step."""
 
 
-def client(cfg: BackupConfig) -> Any:
-    return boto3.client(
+def client(cfg: BackupConfig, session: Any = None) -> Any:
+    return (session or boto3).client(
         "s3", region_name=cfg.region, endpoint_url=cfg.endpoint_url,
         config=Config(retries={"max_attempts": 5, "mode": "standard"},
                       max_pool_connections=max(10, cfg.workers * 2),
@@ -88,3 +90,33 @@ def delete_keys(s3: Any, cfg: BackupConfig, keys: list[str]) -> None:
             first = resp["Errors"][0]
             raise BackupError(f"could not delete {len(resp['Errors'])} object(s), e.g. {first.get('Key')}: "
                               f"{first.get('Code')} {first.get('Message')}")
+
+
+@dataclass(frozen=True)
+class Presigner:
+    """A client that signs links with credentials it knows the expiry of (when
+    the chain says: session credentials, an instance role, AWS_CREDENTIAL_EXPIRATION)."""
+
+    client: Any
+    credentials_expire: datetime | None
+    session_credentials: bool      # a session token: temporary, even when the expiry is unknown
+
+    def url(self, bucket: str, key: str, seconds: int) -> str:
+        return str(self.client.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key},
+                                                      ExpiresIn=seconds))
+
+
+def presigner(cfg: BackupConfig) -> Presigner:
+    """The links are signed by exactly the credentials whose expiry is read here:
+    one session resolves them once for both."""
+    from botocore.exceptions import NoCredentialsError
+
+    session = boto3.session.Session()
+    creds = session.get_credentials()
+    if creds is None:
+        raise NoCredentialsError()
+    frozen = creds.get_frozen_credentials()   # refreshes now if due, so the expiry below is the signing one
+    # botocore keeps the expiry of refreshable credentials only in this attribute.
+    expiry = getattr(creds, "_expiry_time", None)
+    return Presigner(client=client(cfg, session), credentials_expire=expiry,
+                     session_credentials=bool(frozen.token))

@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from email import message_from_bytes
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ import boto3
 import pytest
 import requests
 import yaml
+from aiosmtpd.controller import Controller
 from beside_stack import SHARED, psql
 from cryptography.fernet import Fernet
 from restoretest_stack import DB, Rehearsal, build_inventory, provision, remove_rehearsal
@@ -84,10 +86,34 @@ def moto_url() -> Iterator[str]:
         proc.wait(timeout=10)
 
 
+class Inbox:
+    """aiosmtpd handler keeping every envelope the loopback relay accepted."""
+
+    def __init__(self) -> None:
+        self.received: list[Any] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.received.append(envelope)
+        return "250 OK"
+
+
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, provisioned: object, moto_url: str) -> Iterator[Rehearsal]:
+def smtp() -> Iterator[tuple[int, Inbox]]:
+    inbox, port = Inbox(), _free_port()
+    ctl = Controller(inbox, hostname="127.0.0.1", port=port)
+    ctl.start()
+    try:
+        yield port, inbox
+    finally:
+        ctl.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, provisioned: object, moto_url: str,
+          smtp: tuple[int, Inbox]) -> Iterator[Rehearsal]:
     root = tmp_path_factory.mktemp("restoretest-inventory")
     r = build_inventory(root, {
+        "backup_export_smtp_host": "127.0.0.1", "backup_export_smtp_port": smtp[0],
         "backup_s3_bucket": BUCKET, "backup_s3_endpoint_url": moto_url, "backup_s3_prefix": f"{TAG}/",
         "backup_part_size_mb": 5, "backup_workers": 4,
         "backup_retention": {"daily": 1, "weekly": 0, "monthly": 0},
@@ -262,7 +288,8 @@ def test_4_corrupted_object_is_detected_and_named(stack: Rehearsal, capsys: pyte
     assert hashlib.sha1(local.read_bytes()).hexdigest() == sha1
 
 
-def test_5_school_export_restores_through_moodle(stack: Rehearsal, capsys: pytest.CaptureFixture[str]) -> None:
+def test_5_school_export_restores_through_moodle(stack: Rehearsal, smtp: tuple[int, Inbox],
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
     _inv, _cfg, _s3, site = ctx(stack)
     code = f"bk_{TAG}"
     capsys.readouterr()
@@ -270,10 +297,16 @@ def test_5_school_export_restores_through_moodle(stack: Rehearsal, capsys: pytes
     rep = json.loads(capsys.readouterr().out)[0]
     assert sorted(c["shortname"] for c in rep["exported"]) == [f"bk-sch1-{TAG}", f"bk-sch2-{TAG}"]
     assert rep["failed"] == [] and rep["user_data"] is False
-    # Rerun: nothing is redone.
-    assert cli(stack, "export", "--school", code, "--format", "json") == 0
+    assert smtp[1].received == []           # no --mail: nothing mailed
+    # Rerun with --mail: nothing is redone, the referents get the links.
+    assert cli(stack, "export", "--school", code, "--mail", "--format", "json") == 0
     again = json.loads(capsys.readouterr().out)[0]
     assert again["exported"] == [] and len(again["already"]) == 2
+    assert again["mailed_to"] == [f"ref-{TAG}@example.invalid"] and len(smtp[1].received) == 1
+    envelope = smtp[1].received[0]
+    assert envelope.rcpt_tos == again["mailed_to"]
+    text = message_from_bytes(envelope.content).get_payload(decode=True).decode()
+    assert again["links_expire"] in text and all(url in text for url in again["links"].values())
     # The referents' links work and the checksums match.
     links = again["links"]
     sums_key = next(k for k in links if k.endswith("SHA256SUMS"))
