@@ -13,6 +13,7 @@ a killed run resumes the upload of a file Moodle already made."""
 from __future__ import annotations
 
 import base64
+import fcntl
 import hashlib
 import json
 import os
@@ -21,6 +22,8 @@ import re
 import shutil
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -30,7 +33,7 @@ from moodleops.backup.config import BackupConfig
 from moodleops.backup.multipart import upload_file
 from moodleops.backup.progress import human_bytes, human_seconds
 from moodleops.backup.s3 import Presigner, ensure_bucket, get_bytes, list_keys, put_bytes
-from moodleops.errors import S3Error
+from moodleops.errors import BusyError, S3Error
 from moodleops.inventory import Inventory, School
 from moodleops.moodle import MoodleCLI, MoodleError
 from moodleops.site import Site
@@ -239,6 +242,32 @@ def export_school(s3: Any, cfg: BackupConfig, inv: Inventory, school: School, ex
                   source: CourseSource, state_dir: Path, signer: Presigner | None = None,
                   link_hours: int | None = None, dry_run: bool = False, now: datetime | None = None,
                   on_part: Any = None) -> ExportReport:
+    """Export one school's courses (see the module's doc). Two runs of the same
+    export never interleave on its journal: the second is refused (BusyError)."""
+    with _exclusive(Journal(state_dir, school, export_id).dir, dry_run):
+        return _export_school(s3, cfg, inv, school, export_id, source=source, state_dir=state_dir,
+                              signer=signer, link_hours=link_hours, dry_run=dry_run, now=now, on_part=on_part)
+
+
+@contextmanager
+def _exclusive(directory: Path, dry_run: bool) -> Iterator[None]:
+    if dry_run:
+        yield
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / ".lock", "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise BusyError(f"this export is already running on this host (lock {directory / '.lock'}): "
+                            "wait for it to end, then re-run to resume") from None
+        yield
+
+
+def _export_school(s3: Any, cfg: BackupConfig, inv: Inventory, school: School, export_id: str, *,
+                   source: CourseSource, state_dir: Path, signer: Presigner | None,
+                   link_hours: int | None, dry_run: bool, now: datetime | None,
+                   on_part: Any) -> ExportReport:
     started = time.monotonic()
     ensure_bucket(s3, cfg)
     users = cfg.user_data_for(school.code)

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -31,16 +33,17 @@ from aiosmtpd.controller import Controller
 
 from moodleops import REPO_ROOT
 from moodleops.backup.config import backup_config
-from moodleops.backup.s3 import client, presigner
+from moodleops.backup.s3 import client, list_keys, presigner
 from moodleops.backup.school_export import (
     S3_MAX_LINK_SECONDS,
     Journal,
     course_key,
     export_school,
     link_lifetime,
+    prefix,
 )
 from moodleops.cli import main
-from moodleops.errors import S3Error
+from moodleops.errors import BusyError, S3Error
 from moodleops.inventory import School, load_inventory
 
 BUCKET = "moodleops-export-test"
@@ -407,3 +410,32 @@ def test_bad_smtp_settings_are_refused_at_the_boundary(tmp_path: Path, moto_url:
     assert main(["--inventory", str(env), "backup", "export", "--school", SCHOOL, "--dry-run"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "backup_export_smtp_port" in err[0]
+
+
+def test_a_second_run_of_the_same_export_is_refused_while_the_first_runs(tmp_path: Path, moto_url: str) -> None:
+    env = make_inventory(tmp_path, moto_url, 25)
+    src = FileCourses(tmp_path, big=set())
+    lock = tmp_path / "state" / "backup" / "exports" / SCHOOL / "eoa" / ".lock"
+    lock.parent.mkdir(parents=True)
+    # Another process (flock(1)) holds the export's lock, as a first run would.
+    holder = subprocess.Popen(["flock", str(lock), "sh", "-c", "echo held; sleep 60"], stdout=subprocess.PIPE,
+                              text=True, start_new_session=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(BusyError, match="already running on this host"):
+            run(env, src)
+        assert src.calls == [], "a refused run must not back up anything"
+        inv = load_inventory(str(env))
+        cfg = backup_config(inv)
+        assert not list_keys(client(cfg), cfg, prefix(cfg, inv.school(SCHOOL), "eoa"))
+    finally:
+        os.killpg(holder.pid, signal.SIGKILL)    # flock's child holds the lock too
+        holder.wait()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(holder.pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
+    assert run(env, src).complete      # once the first run is gone, the export goes on
