@@ -62,13 +62,15 @@ def free_port() -> int:
 
 class _Answer(http.server.BaseHTTPRequestHandler):
     """Answers every request with the server's (status, body); with `forward`,
-    requests whose method is not in `fail_methods` go to that base URL instead."""
+    requests whose method is not in `fail_methods` (or whose path does not match
+    `fail_path`) go to that base URL instead."""
 
     def _handle(self) -> None:
         srv: Any = self.server
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
-        if srv.forward and self.command not in srv.fail_methods:
+        failing = self.command in srv.fail_methods and re.search(srv.fail_path, self.path)
+        if srv.forward and not failing:
             headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
             resp = requests.request(self.command, srv.forward + self.path, data=body, headers=headers,
                                     timeout=30)
@@ -100,9 +102,12 @@ class Server:
     stop: Callable[[], None]
 
 
-def answering(status: int, body: bytes, *, forward: str = "", fail_methods: tuple[str, ...] = ()) -> Server:
+def answering(status: int, body: bytes, *, forward: str = "", fail_methods: tuple[str, ...] = (),
+              fail_path: str = "") -> Server:
+    """With `forward`, only requests of `fail_methods` whose path matches `fail_path` get the answer."""
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Answer)
     srv.answer, srv.forward, srv.fail_methods = (status, body), forward, fail_methods  # type: ignore[attr-defined]
+    srv.fail_path = fail_path  # type: ignore[attr-defined]
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
 
@@ -761,3 +766,79 @@ def test_debug_shows_the_traceback(world: World) -> None:
 
 def test_matrix_covers_every_fault() -> None:
     assert {r.fault for r in MATRIX} == set(FAULTS)
+
+
+# -- what a restore had done when S3 failed under it ---------------------------------------
+
+def _restore_case(w: World, fail_path: str) -> tuple[str, Path, Any]:
+    """A backup in the bucket (dump, moodledata archive, two filedir blobs, its manifest),
+    read back through a loopback proxy that throttles the GETs matching `fail_path`;
+    the target is a copy of the inventory whose dataroot is a fresh directory and whose
+    database port is closed (nothing of the shared stack can be reached from it).
+    Returns the one line of the fault, the target's dataroot and the translated error."""
+    import hashlib
+    import io
+    import tarfile
+
+    from moodleops.backup import restore
+    from moodleops.backup.config import backup_config
+    from moodleops.backup.s3 import client
+    from moodleops.errors import S3Error
+    from moodleops.faults import translate
+    from moodleops.inventory import load_inventory
+    from moodleops.site import site_of
+
+    name = f"restore-{uuid.uuid4().hex[:6]}"
+    proxy = answering(503, SLOW_DOWN, forward=w.moto, fail_methods=("GET",), fail_path=fail_path)
+    w.cleanups.append(proxy.stop)
+    dataroot = w.root / f"{name}-dataroot"
+    env_dir = inventory(w, name, {"backup_s3_endpoint_url": proxy.url, "moodle_dataroot": str(dataroot),
+                                  "moodle_db_port": free_port()})
+    inv = load_inventory(str(env_dir))
+    cfg = backup_config(inv)
+    s3 = w.s3()
+    prefix = f"{TAG}/{name}/"
+    dump = os.urandom(200_000)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        data = b"lang pack"
+        info = tarfile.TarInfo("lang/fr/langconfig.php")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    archive = buf.getvalue()
+    blobs = [b"first blob", b"second blob"]
+    sha1s = [hashlib.sha1(b).hexdigest() for b in blobs]
+    for key, body in [(f"{prefix}db/{name}.dump", dump), (f"{prefix}moodledata/{name}.tar.gz", archive),
+                      *((f"{prefix}blobs/{h}", b) for h, b in zip(sha1s, blobs, strict=True))]:
+        s3.put_object(Bucket=BUCKET, Key=key, Body=body)
+    m = {"id": name, "env": "local",
+         "database": {"key": f"{prefix}db/{name}.dump", "sha256": hashlib.sha256(dump).hexdigest(),
+                      "size": len(dump)},
+         "moodledata": {"key": f"{prefix}moodledata/{name}.tar.gz", "sha256": hashlib.sha256(archive).hexdigest(),
+                        "size": len(archive), "included": ["lang"]},
+         "blobs": {"sha1": sha1s, "count": 2, "bytes": sum(map(len, blobs))}}
+    target = site_of(inv)
+    p = restore.RestorePlan(manifest_key=f"{prefix}manifests/{name}.json", manifest=m, target=target)
+    with pytest.raises(Exception) as caught:
+        restore.apply(client(cfg), cfg, p, inv)
+    err = translate(caught.value, {S3Error: f"s3://{BUCKET}/{prefix} at {proxy.url}"})
+    assert err is not None, caught.value
+    return err.line(), dataroot, err
+
+
+def test_restore_says_what_it_had_done_when_the_archive_cannot_be_read(world: World) -> None:
+    line, dataroot, err = _restore_case(world, r"/moodledata/")
+    assert err.status == ExitStatus.DEPENDENCY, line
+    assert line.startswith("S3 s3://") and "throttling" in line, line
+    assert line.endswith("database dump downloaded and verified, moodledata archive not; nothing on the target "
+                         "was changed: a re-run downloads again"), line
+    assert not dataroot.exists(), line
+
+
+def test_restore_says_what_it_had_done_when_blobs_cannot_be_read(world: World) -> None:
+    line, dataroot, err = _restore_case(world, r"/blobs/")
+    assert err.status == ExitStatus.DEPENDENCY, line
+    assert "filedir blobs being put back (content-addressed: a re-run skips those present); the target's " \
+           "database and moodledata folders untouched" in line, line
+    # The dump and archive were verified; no moodledata folder was replaced, no maintenance flag written.
+    assert not (dataroot / "lang").exists() and not (dataroot / "climaintenance.html").exists(), line
