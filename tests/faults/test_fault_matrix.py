@@ -508,6 +508,11 @@ def moodle_page(w: World) -> str:
     return w.moodle_page
 
 
+def exporter_down(w: World) -> Fault:
+    url = f"http://127.0.0.1:{free_port()}/metrics"
+    return Fault(fill={"metrics_url": url}, where=url)
+
+
 def alertmanager_down(w: World) -> Fault:
     port = free_port()
     return Fault(vars={"monitoring_alertmanager_port": port}, where=f"http://127.0.0.1:{port}")
@@ -540,7 +545,7 @@ FAULTS: dict[str, Callable[[World], Fault]] = {f.__name__: f for f in (
     php_missing, php_failing, php_garbage,
     http_refused, http_5xx, http_maintenance,
     s3_unreachable, s3_denied, s3_no_bucket, s3_throttled, s3_throttled_writes,
-    ssh_refused, ssh_key_rejected, ssh_host_key_changed, alertmanager_down,
+    ssh_refused, ssh_key_rejected, ssh_host_key_changed, alertmanager_down, exporter_down,
     prometheus_down, fs_full, fs_readonly, fs_denied,
 )}
 
@@ -629,6 +634,9 @@ MATRIX: tuple[Row, ...] = (
     Row(("capacity", "forecast"), "prometheus_down", "Prometheus", DEP, stack=False),
     Row(("capacity", "review", "--school", "{school}", "--out", "{state}/reviews"), "prometheus_down",
         "Prometheus", DEP, stack=False, absent=("{state}/reviews",)),
+    # the storage exporter's /metrics, read directly when no Prometheus keeps the history
+    Row(("capacity", "record", "--from-metrics", "{metrics_url}", "--out", "{state}/history.csv"), "exporter_down",
+        "exporter", DEP, stack=False, absent=("{state}/history.csv",)),
     # the local filesystem
     Row(("capacity", "record", "--out", "{state}/history.csv"), "fs_full", "filesystem", FS),
     Row(("capacity", "record", "--out", "{state}/history.csv"), "fs_readonly", "filesystem", FS),
