@@ -218,10 +218,10 @@ def ssh_fault(address: str, message: str, *, known_hosts: str = "", user: str = 
     if "permission denied" in low or "too many authentication failures" in low:
         who = f"{user}@" if user else ""
         key = f"the key {identity}" if identity else "the key this controller offers"
+        host, _, port = address.rpartition(":") if address.rpartition(":")[2].isdigit() else (address, "", "22")
         return SshError(address, "the key was rejected (permission denied)",
-                        f"{key} is in {who or 'the user'}'s authorized_keys on the host, and the user "
-                        f"(ansible_user / --ssh-user): ssh -v -p {address.rpartition(':')[2] or 22} "
-                        f"{who}{address.rpartition(':')[0] or address}", done=done)
+                        f"that {key} is in the authorized_keys of {user or 'the user'} on the host, and the "
+                        f"user (ansible_user / --ssh-user): ssh -v -p {port} {who}{host}", done=done)
     if "refused" in low:
         return SshError(address, "connection refused", "that sshd runs on the host and listens on that port "
                         "(ansible_port / --ssh-port)", done=done)
