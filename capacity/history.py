@@ -23,7 +23,7 @@ import requests
 from moodleops.capacity.errors import CapacityError
 from prometheus_client.parser import text_string_to_metric_families
 
-from moodleops.errors import PrometheusError
+from moodleops.errors import ExporterError, PrometheusError
 from moodleops.faults import filesystem_error, http_error
 
 POOL = "pool"       # the name the pool series goes by, next to school codes
@@ -225,11 +225,13 @@ def samples_from_exposition(text: str, metric: str, label: str, now: float,
 
 
 def scrape(url: str, timeout: float = 30) -> str:
+    check = "that the storage exporter runs there (supervisorctl status), or the URL given to --from-metrics"
     try:
         resp = requests.get(url, timeout=timeout)
-        resp.raise_for_status()
     except requests.RequestException as exc:
-        raise CapacityError(f"exporter {url} cannot be scraped ({exc.__class__.__name__}: {exc})") from None
+        raise http_error(ExporterError, url, exc, check=check, done="nothing was recorded") from None
+    if resp.status_code >= 400:
+        raise http_error(ExporterError, url, status=resp.status_code, check=check, done="nothing was recorded")
     return resp.text
 
 

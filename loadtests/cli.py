@@ -229,7 +229,8 @@ examples:
     r.add_argument("--fixture-dir", type=Path, default=None)
     r.add_argument("--quiet", action="store_true", help="do not echo Locust's progress")
     r.add_argument("--ssh-user", default=None, help="remote workers: SSH user (default: ssh's)")
-    r.add_argument("--ssh-port", type=_positive_int, default=22, help="remote workers: SSH port")
+    r.add_argument("--ssh-port", type=_positive_int, default=None,
+                   help="remote workers: SSH port (default: the host's ansible_port, else 22)")
     r.add_argument("--ssh-key", type=Path, default=None, help="remote workers: private key file")
     r.add_argument("--ssh-known-hosts", type=Path, default=None,
                    help="remote workers: known_hosts file (host keys are always checked)")
@@ -337,7 +338,12 @@ def run_run(args: argparse.Namespace) -> int:
         moodle_http_preflight(target)  # refused, 5xx or maintenance: one line, no Locust started
         print(f"running {args.shape} against {target} for {args.duration:g} s -> {req.results_dir}", flush=True)
         summary = run(req, inv, model, fixture, echo=not args.quiet, site=site)
-    except (LocustFailed, WorkerHostError) as exc:
+    except WorkerHostError as exc:
+        # Workers could not be started: Locust's master was stopped, Moodle saw no load.
+        exc.done = exc.done or "no load was sent (the Locust master was stopped); re-run when the host answers"
+        print(f"moodleops: error: {exc.line()}", file=sys.stderr)
+        return EXIT_RUN_FAILED
+    except LocustFailed as exc:
         print(f"moodleops: error: {exc}", file=sys.stderr)
         return EXIT_RUN_FAILED
     except fx.LoadtestError as exc:

@@ -234,7 +234,8 @@ def run_locust(plan_path: Path, req: RunRequest, inv: Inventory, *, echo: bool =
         main = subprocess.Popen(_locust_cmd(reports), env=env, cwd=req.results_dir, stdout=out, stderr=out)
     else:
         loadgen = inv.group("loadgen")
-        remote = [h for h in loadgen if not is_loopback(h.address)] or list(req.ssh_hosts)
+        # A loopback host the inventory reaches over SSH (ansible_connection: ssh) is remote too.
+        remote = [h for h in loadgen if not is_loopback(h.address) or h.connection == "ssh"] or list(req.ssh_hosts)
         # Reachable by the workers, and only by them when they are all on this machine.
         bind = "127.0.0.1" if all(is_loopback(h.address) for h in remote) else "0.0.0.0"
         port = _free_port(bind)

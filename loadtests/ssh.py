@@ -21,19 +21,22 @@ from pathlib import Path
 
 from moodleops.loadtests.fixture import LoadtestError
 
+from moodleops.errors import SshError
+from moodleops.faults import ssh_fault
 from moodleops.inventory import Host
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 
 
-class WorkerHostError(LoadtestError):
-    """A load generator could not be reached or refused a command over SSH."""
+class WorkerHostError(SshError, LoadtestError):
+    """A load generator could not be reached or refused a command over SSH: the
+    one line of moodleops.errors (SSH host:port, what failed, what to check)."""
 
 
 @dataclass(frozen=True)
 class SshOptions:
     user: str | None = None
-    port: int = 22
+    port: int | None = None            # None: the host's ansible_port, else 22
     identity: Path | None = None
     known_hosts: Path | None = None
     remote_python: str = sys.executable
@@ -58,10 +61,14 @@ class RemoteWorkers:
         self.procs: list[tuple[Host, int, subprocess.Popen[bytes]]] = []
         self.used: list[Host] = []
 
+    def port(self, host: Host) -> int:
+        return self.opts.port or host.port or 22
+
     def ssh(self, host: Host) -> list[str]:
         o = self.opts
         cmd = ["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
-               "-o", f"ConnectTimeout={o.connect_timeout_s}", "-o", "ServerAliveInterval=15", "-p", str(o.port)]
+               "-o", f"ConnectTimeout={o.connect_timeout_s}", "-o", "ServerAliveInterval=15",
+               "-p", str(self.port(host))]
         if o.identity is not None:
             cmd += ["-i", str(o.identity), "-o", "IdentitiesOnly=yes"]
         if o.known_hosts is not None:
@@ -74,18 +81,23 @@ class RemoteWorkers:
     def _pid_path(self, index: int) -> str:
         return f"{self.opts.remote_dir}/worker-{self.run_id}-{index}.pid"
 
+    def _fault(self, host: Host, message: str) -> WorkerHostError:
+        o = self.opts
+        base = ssh_fault(f"{host.address}:{self.port(host)}", message,
+                         known_hosts=str(o.known_hosts) if o.known_hosts else "", user=o.user or "",
+                         identity=str(o.identity) if o.identity else "")
+        err = WorkerHostError(base.address, base.problem, base.check)
+        err.address = f"{base.address} (load generator {host.name})"
+        return err
+
     def _run(self, host: Host, command: str, stdin: bytes | None = None) -> None:
         try:
             res = subprocess.run([*self.ssh(host), command], input=stdin, capture_output=True,
                                  timeout=self.opts.connect_timeout_s + 20, check=False)
         except subprocess.TimeoutExpired:
-            raise WorkerHostError(f"ssh to load generator {host.name} ({host.address}:{self.opts.port}) timed out; "
-                                "check that sshd answers and the key is authorised") from None
+            raise self._fault(host, "timed out") from None
         if res.returncode != 0:
-            err = " ".join(res.stderr.decode(errors="replace").split())[:300]
-            raise WorkerHostError(f"ssh to load generator {host.name} ({host.address}:{self.opts.port}) failed "
-                                f"(status {res.returncode}): {err or 'no message'}; check the host key "
-                                "(known_hosts), the authorised key and the user")
+            raise self._fault(host, res.stderr.decode(errors="replace") or f"ssh exited {res.returncode}")
 
     def start(self, plan_path: Path, workers: int, master_host: str, master_port: int = 5557) -> None:
         """Copy the plan to every host used, then start `workers` workers round-robin."""
@@ -122,8 +134,8 @@ class RemoteWorkers:
                 pid = shlex.quote(self._pid_path(i))
                 try:
                     self._run(host, f"test -f {pid} && kill $(cat {pid}) 2>/dev/null; true")
-                except LoadtestError as exc:
-                    problems.append(str(exc))
+                except WorkerHostError as exc:
+                    problems.append(exc.line())
                 proc.kill()
                 proc.wait()
             if proc.stderr is not None:
@@ -132,8 +144,8 @@ class RemoteWorkers:
             try:
                 self._run(host, f"rm -f {shlex.quote(self._plan_path())} "
                                 f"{shlex.quote(self.opts.remote_dir)}/worker-{self.run_id}-*.pid")
-            except LoadtestError as exc:
-                problems.append(str(exc))
+            except WorkerHostError as exc:
+                problems.append(exc.line())
         self.procs.clear()
         self.used = []
         return problems

@@ -35,7 +35,7 @@ EXIT_TABLE: tuple[tuple[ExitStatus, str], ...] = (
     (ExitStatus.USAGE, "bad option, bad input or invalid inventory: nothing changed"),
     (ExitStatus.BUSY, "another run holds the lock: nothing changed"),
     (ExitStatus.DEPENDENCY, ("a service the command needs failed: database, Moodle (PHP CLI or HTTP), "
-                             "S3, Prometheus, Alertmanager, SMTP or SSH")),
+                             "S3, Prometheus or an exporter, Alertmanager, SMTP or SSH")),
     (ExitStatus.FILESYSTEM, "a local filesystem refused: full, read-only or permission denied"),
     (ExitStatus.FAILED, ("the operation stopped on one of its own checks (a corrupt object, a failed "
                          "step, a rollback, a damaged journal)")),
@@ -138,6 +138,12 @@ class PrometheusError(DependencyError):
     dependency = "Prometheus"
 
 
+class ExporterError(DependencyError):
+    """A Prometheus exporter's /metrics read directly (`capacity record --from-metrics`)."""
+
+    dependency = "exporter"
+
+
 class AlertmanagerError(DependencyError):
     dependency = "Alertmanager"
 
@@ -158,5 +164,5 @@ class FilesystemError(DependencyError):
 #: Every dependency kind, by the name its one line starts with (the fault matrix iterates them).
 DEPENDENCIES: dict[str, type[DependencyError]] = {
     cls.dependency: cls for cls in (DatabaseError, MoodleCliError, MoodleHttpError, S3Error, PrometheusError,
-                                    AlertmanagerError, SmtpError, SshError, FilesystemError)
+                                    ExporterError, AlertmanagerError, SmtpError, SshError, FilesystemError)
 }

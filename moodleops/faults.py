@@ -25,6 +25,7 @@ from moodleops.errors import (
     OperationFailed,
     OpsError,
     S3Error,
+    SmtpError,
     SshError,
     UsageError,
     oneline,
@@ -82,8 +83,17 @@ _MAINTENANCE = re.compile(r"climaintenance|maintenance mode|undergoing maintenan
 
 
 def http_error(kind: type[DependencyError], url: str, exc: BaseException | None = None, *,
-               status: int | None = None, body: str = "", check: str = "") -> DependencyError:
+               status: int | None = None, body: str = "", check: str = "",
+               done: str | None = None) -> DependencyError:
     """An HTTP dependency that refused, timed out, or answered an error page."""
+    err = _http_error(kind, url, exc, status=status, body=body, check=check)
+    if done and not err.done:
+        err.done = oneline(done)
+    return err
+
+
+def _http_error(kind: type[DependencyError], url: str, exc: BaseException | None = None, *,
+                status: int | None = None, body: str = "", check: str = "") -> DependencyError:
     if exc is not None:
         name = type(exc).__name__
         low = oneline(exc).lower()
@@ -167,41 +177,130 @@ def s3_error(exc: BaseException, address: str = "") -> S3Error | None:
     return None
 
 
-# -- SSH (through Ansible) -----------------------------------------------------------
+# -- SSH (OpenSSH's client, directly or through Ansible) ---------------------------
 
 _UNREACHABLE = re.compile(r"fatal: \[([^\]]+)\]: UNREACHABLE!")
+# OpenSSH names a non-default port as [host]:port in its host-key messages.
+_KEY_FOR = re.compile(r"(?:Host key for|host key is known for) (\[[^\]]+\]:\d+|[\w.:-]+)")
+_OFFENDING = re.compile(r"Offending \S+ key in (\S+?):(\d+)")
+_KNOWN_HOSTS_IN = re.compile(r"Add correct host key in (\S+) to")
+
+
+def _known_hosts_entry(address: str) -> str:
+    """host:port -> the name known_hosts files it under ([host]:port unless port 22)."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        return address
+    return host if port == "22" else f"[{host}]:{port}"
+
+
+def ssh_fault(address: str, message: str, *, known_hosts: str = "", user: str = "",
+              identity: str = "", done: str | None = None) -> SshError:
+    """OpenSSH's client failed to reach `address` (host:port, or a name): refused, no
+    answer, the key rejected, the host key changed or unknown. `known_hosts`,
+    `user` and `identity` are the files and user the caller gave ssh, named in the check."""
+    text = oneline(message)
+    low = text.lower()
+    entry = _known_hosts_entry(address)
+    if "host identification has changed" in low or "has changed and you have requested strict" in low:
+        m = _OFFENDING.search(text)
+        where = f"{m.group(1)} line {m.group(2)}" if m else (known_hosts or "~/.ssh/known_hosts")
+        kh = m.group(1) if m else (known_hosts or "~/.ssh/known_hosts")
+        return SshError(address, f"the host key changed: {where} holds another key for {entry}",
+                        f"that the host was really reinstalled (compare its key out of band), then "
+                        f"ssh-keygen -R '{entry}' -f {kh}", done=done)
+    if "host key verification failed" in low or "no " in low and "host key is known" in low:
+        m = _KNOWN_HOSTS_IN.search(text)
+        kh = known_hosts or (m.group(1) if m else "~/.ssh/known_hosts")
+        return SshError(address, f"the host key is unknown: {kh} has no key for {entry}",
+                        f"add the host's key to {kh}, read from the host itself (never trusted on first use)",
+                        done=done)
+    if "permission denied" in low or "too many authentication failures" in low:
+        who = f"{user}@" if user else ""
+        key = f"the key {identity}" if identity else "the key this controller offers"
+        host, _, port = address.rpartition(":") if address.rpartition(":")[2].isdigit() else (address, "", "22")
+        return SshError(address, "the key was rejected (permission denied)",
+                        f"that {key} is in the authorized_keys of {user or 'the user'} on the host, and the "
+                        f"user (ansible_user / --ssh-user): ssh -v -p {port} {who}{host}", done=done)
+    if "refused" in low:
+        return SshError(address, "connection refused", "that sshd runs on the host and listens on that port "
+                        "(ansible_port / --ssh-port)", done=done)
+    if "timed out" in low or "no route" in low or "timeout" in low:
+        return SshError(address, "no answer (timed out)", "the network path and the address (ansible_host)",
+                        done=done)
+    if "could not resolve" in low or "name or service not known" in low:
+        return SshError(address, "the host name does not resolve", "ansible_host in the inventory", done=done)
+    return SshError(address, text[:200] or "ssh failed without a message",
+                    f"ssh -v to {address} from this controller", done=done)
 
 
 def ssh_error(host: str, message: str) -> SshError:
     """A host Ansible could not reach: refused, key rejected, host key changed."""
-    low = message.lower()
-    if "host identification has changed" in low or "host key verification failed" in low:
-        return SshError(host, "the host key changed",
-                        "that the host was really reinstalled, then ssh-keygen -R <host> on this controller")
-    if "permission denied" in low:
-        return SshError(host, "the key was rejected (permission denied)",
-                        "ansible_user and the key this controller offers: ssh -v <host>")
-    if "refused" in low:
-        return SshError(host, "connection refused", "that sshd runs on the host and ansible_port")
-    if "timed out" in low or "no route" in low:
-        return SshError(host, "no answer (timed out)", "the network path and ansible_host")
-    return SshError(host, message[:200], "ssh -v to that host from this controller")
+    return ssh_fault(host, message)
 
 
-def playbook_ssh_error(output: list[str], unreachable: Mapping[str, int]) -> SshError | None:
-    """The first unreachable host of a playbook run, from Ansible's own output."""
+def playbook_ssh_error(output: list[str], unreachable: Mapping[str, int],
+                       addresses: Mapping[str, str] | None = None) -> SshError | None:
+    """The first unreachable host of a playbook run, from Ansible's own output;
+    `addresses` maps inventory host names to host:port (Host.ssh_address)."""
     hosts = [h for h, n in unreachable.items() if n]
     if not hosts:
         return None
+    addresses = addresses or {}
     for i, line in enumerate(output):
         m = _UNREACHABLE.search(line)
         if m:
             # Ansible prints the reason after the marker, on one line or as a YAML block.
-            text = oneline(" ".join(output[i:i + 12])).replace("\\r\\n", " ")
+            # (OpenSSH's host-key banner alone is 15 lines: read up to the recap.)
+            text = oneline(" ".join(output[i:i + 60])).replace("\\r\\n", " ")
             where = re.search(r"connect to host (\S+) port (\d+)", text)
-            host = f"{m.group(1)} ({where.group(1)}:{where.group(2)})" if where else m.group(1)
-            return ssh_error(host, text[m.end() - m.start():].split("PLAY RECAP")[0].strip())
-    return ssh_error(hosts[0], "unreachable")
+            name = m.group(1)
+            address = f"{where.group(1)}:{where.group(2)}" if where else addresses.get(name, "")
+            reason = text[m.end() - m.start():].split("PLAY RECAP")[0].strip()
+            err = ssh_fault(address or name, reason)
+            if address and name not in address:
+                err.address = f"{address} (host {name})"
+            return err
+    return ssh_fault(addresses.get(hosts[0], hosts[0]), "unreachable")
+
+
+# -- SMTP (smtplib) --------------------------------------------------------------------
+
+SMTP_CHECK = "that the relay runs and listens there: monitoring_smtp_smarthost (host:port)"
+
+
+def smtp_error(exc: BaseException, address: str, *, done: str | None = None) -> SmtpError | None:
+    """A mail relay fault (smtplib or the socket under it): refused, no answer, dropped,
+    authentication or an address refused; None if `exc` is not one. `address` is host:port."""
+    import smtplib
+    import socket
+
+    if isinstance(exc, smtplib.SMTPAuthenticationError):
+        return SmtpError(address, f"authentication refused ({exc.smtp_code})",
+                         "the relay's user and password given to this host", done=done)
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        refused = ", ".join(f"{rcpt} ({code})" for rcpt, (code, _msg) in sorted(exc.recipients.items()))
+        return SmtpError(address, f"recipients refused: {refused[:200]}",
+                         "the addresses (referents, monitoring_sysadmin_emails) and the relay's rules", done=done)
+    if isinstance(exc, smtplib.SMTPSenderRefused):
+        return SmtpError(address, f"sender {exc.sender} refused ({exc.smtp_code})",
+                         "monitoring_smtp_from and the relay's rules for that sender", done=done)
+    if isinstance(exc, smtplib.SMTPServerDisconnected):
+        return SmtpError(address, "the relay closed the connection", f"the relay's log; {SMTP_CHECK}", done=done)
+    if isinstance(exc, smtplib.SMTPResponseException):
+        text = exc.smtp_error.decode(errors="replace") if isinstance(exc.smtp_error, bytes) else str(exc.smtp_error)
+        return SmtpError(address, f"the relay answered {exc.smtp_code}: {oneline(text)[:150]}",
+                         "the relay's log for that answer", done=done)
+    if isinstance(exc, (TimeoutError, socket.timeout)):
+        return SmtpError(address, "no answer (timed out)", SMTP_CHECK, done=done)
+    if isinstance(exc, ConnectionRefusedError):
+        return SmtpError(address, "connection refused", SMTP_CHECK, done=done)
+    if isinstance(exc, socket.gaierror):
+        return SmtpError(address, "the relay's name does not resolve", SMTP_CHECK, done=done)
+    if isinstance(exc, (smtplib.SMTPException, ConnectionError)) or \
+            isinstance(exc, OSError) and exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
+        return SmtpError(address, f"{type(exc).__name__}: {oneline(exc)[:150]}", SMTP_CHECK, done=done)
+    return None
 
 
 # -- local filesystem (OSError) -------------------------------------------------------
@@ -243,6 +342,8 @@ def _library_fault(exc: BaseException, addresses: Mapping[type[DependencyError],
         return s3_error(exc, addresses.get(S3Error, ""))
     if mod.startswith("psycopg"):
         return database_error(exc, addresses.get(DatabaseError, ""))
+    if mod == "smtplib":
+        return smtp_error(exc, addresses.get(SmtpError, ""))
     if mod.startswith(("requests", "urllib3")):
         url = getattr(getattr(exc, "request", None), "url", "") or ""
         kind = next((k for k, a in addresses.items() if a and url.startswith(a)), MoodleHttpError)

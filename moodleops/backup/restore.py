@@ -138,7 +138,36 @@ class RestoreReport:
                 f"  duration: {human_seconds(self.seconds)}"]
 
 
+# What a restore had done when it stopped, step by step, and what a re-run does then.
+_UNTOUCHED = "nothing on the target was changed: a re-run downloads again"
+_RERUN = "re-run the same `backup restore --confirm` to finish (maintenance stays ON until it has)"
+_DONE = {
+    "start": f"nothing downloaded; {_UNTOUCHED}",
+    "dump": f"database dump downloaded and verified, moodledata archive not; {_UNTOUCHED}",
+    "archive": f"database dump and moodledata archive downloaded and verified; {_UNTOUCHED}",
+    "blobs": ("dump and archive verified, filedir blobs being put back (content-addressed: a re-run skips "
+              "those present); the target's database and moodledata folders untouched: a re-run goes on"),
+    "maintenance": f"filedir blobs put back, CLI maintenance ON, database not replaced yet: {_RERUN}",
+    "database": f"database replaced from the dump, moodledata folders not yet: {_RERUN}",
+    "folders": ("database and moodledata folders replaced, caches not purged and maintenance still ON: "
+                f"{_RERUN}"),
+    "caches": ("database and moodledata replaced, caches purged, maintenance still ON: "
+               "`moodleops platform maintenance off` (or re-run the restore)"),
+}
+
+
 def apply(s3: Any, cfg: BackupConfig, p: RestorePlan, inv: Inventory) -> RestoreReport:
+    """Restore `p` onto its target; a fault on the way carries a note saying
+    which steps were done and what a re-run does (the one line shows it)."""
+    reached = ["start"]
+    try:
+        return _apply(s3, cfg, p, inv, reached.append)
+    except Exception as exc:
+        exc.add_note(f"restore of {p.manifest['id']}: {_DONE[reached[-1]]}")
+        raise
+
+
+def _apply(s3: Any, cfg: BackupConfig, p: RestorePlan, inv: Inventory, step: Any) -> RestoreReport:
     started = time.monotonic()
     site, m = p.target, p.manifest
     work = site.state_dir / "backup" / "restore" / m["id"]
@@ -147,7 +176,9 @@ def apply(s3: Any, cfg: BackupConfig, p: RestorePlan, inv: Inventory) -> Restore
     dump = work / "db.dump"
     tar_path = work / "moodledata.tar.gz"
     _download_verified(s3, cfg, m["database"]["key"], m["database"]["sha256"], m["database"]["size"], dump)
+    step("dump")
     _download_verified(s3, cfg, m["moodledata"]["key"], m["moodledata"]["sha256"], m["moodledata"]["size"], tar_path)
+    step("archive")
 
     uid, gid, dir_mode, file_mode = _owner_and_modes(site.dataroot, site.web_user)
     if not site.dataroot.is_dir():
@@ -159,6 +190,7 @@ def apply(s3: Any, cfg: BackupConfig, p: RestorePlan, inv: Inventory) -> Restore
         filedir.mkdir()
         os.chown(filedir, uid, gid)
         os.chmod(filedir, dir_mode)
+    step("blobs")
     blobs = fetch_blobs(s3, cfg, filedir, manifest.iter_blobs(s3, cfg, m), uid=uid, gid=gid, file_mode=file_mode,
                         dir_mode=dir_mode)
 
@@ -171,7 +203,9 @@ def apply(s3: Any, cfg: BackupConfig, p: RestorePlan, inv: Inventory) -> Restore
         flag = site.dataroot / "climaintenance.html"
         flag.write_text("<h1>Restoring from backup</h1>")
         os.chown(flag, uid, gid)
+    step("maintenance")
     database.restore(site, inv, dump)
+    step("database")
     for name in m["moodledata"]["included"]:
         target = site.dataroot / name
         if target.is_dir() and not target.is_symlink():
@@ -187,7 +221,9 @@ def apply(s3: Any, cfg: BackupConfig, p: RestorePlan, inv: Inventory) -> Restore
         elif target.exists():
             os.chown(target, uid, gid)
             os.chmod(target, file_mode)
+    step("folders")
     moodle.run("admin/cli/purge_caches.php")
+    step("caches")
     moodle.run("admin/cli/maintenance.php", "--disable")
     shutil.rmtree(work, ignore_errors=True)
     # The backed-up config.php (decrypted), root-only, to compare with the target's own.

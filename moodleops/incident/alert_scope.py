@@ -12,11 +12,16 @@ from typing import Any
 
 import requests
 
+from moodleops.errors import AlertmanagerError
+from moodleops.faults import http_error
 from moodleops.incident.errors import IncidentError
 from moodleops.inventory import Inventory
 
 ALERT_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 TIMEOUT_S = 10.0
+CHECK = ("that Alertmanager runs there (supervisorctl status prometheus-alertmanager), "
+         "monitoring_alertmanager_port of the inventory, or pass --alertmanager URL")
+NOTHING_DONE = "nothing was planned or changed"
 
 
 def alertmanager_url(inv: Inventory) -> str:
@@ -37,16 +42,19 @@ def firing_alerts(base_url: str, alertname: str) -> list[dict[str, Any]]:
         resp = requests.get(url, params={"filter": f'alertname="{alertname}"', "active": "true",
                                          "silenced": "false", "inhibited": "false", "unprocessed": "false"},
                             timeout=TIMEOUT_S)
-        resp.raise_for_status()
-        alerts = resp.json()
     except requests.RequestException as exc:
-        raise IncidentError(f"cannot read the alerts from Alertmanager at {url} ({type(exc).__name__}): "
-                            "check that it runs (supervisorctl status prometheus-alertmanager) or pass "
-                            "--alertmanager URL") from None
+        raise http_error(AlertmanagerError, base_url, exc, check=CHECK, done=NOTHING_DONE) from None
+    if resp.status_code >= 400:
+        raise http_error(AlertmanagerError, base_url, status=resp.status_code,
+                         check="Alertmanager's log (supervisorctl tail prometheus-alertmanager)", done=NOTHING_DONE)
+    try:
+        alerts = resp.json()
     except ValueError:
-        raise IncidentError(f"Alertmanager at {url} answered something that is not JSON") from None
+        raise AlertmanagerError(base_url, f"{url} answered something that is not JSON",
+                                "that the URL is Alertmanager's, not another service's", done=NOTHING_DONE) from None
     if not isinstance(alerts, list):
-        raise IncidentError(f"Alertmanager at {url} answered an unexpected document (expected a list)")
+        raise AlertmanagerError(base_url, f"{url} answered an unexpected document (expected a list)",
+                                "that the URL is Alertmanager's (API v2)", done=NOTHING_DONE)
     return [a for a in alerts if isinstance(a, dict) and a.get("status", {}).get("state") == "active"]
 
 

@@ -422,6 +422,7 @@ def _read_hosts(path: Path) -> tuple[Host, ...]:
     # dicts as ordered sets: hosts and their groups keep the order of the file.
     groups: dict[str, dict[str, None]] = {}
     addresses: dict[str, tuple[str, str]] = {}   # host -> (ansible_host, key where it is set)
+    reach: dict[str, dict[str, object]] = {}      # host -> ansible_port / ansible_connection
     defined: set[str] = set()
 
     def walk(group: str, node: Node, above: tuple[str, ...]) -> None:
@@ -433,7 +434,7 @@ def _read_hosts(path: Path) -> tuple[Host, ...]:
         node.mapping(("hosts", "children", "vars"), what=f"group {group}")
         chain = (*above, group)
         for name, host in _entries(node.get("hosts")):
-            _add_host(name, host, chain, groups, addresses)
+            _add_host(name, host, chain, groups, addresses, reach)
         for child, child_node in _entries(node.get("children")):
             walk(child, child_node, chain)
 
@@ -447,7 +448,9 @@ def _read_hosts(path: Path) -> tuple[Host, ...]:
 
     return tuple(
         Host(name=name, address=addresses[name][0] if name in addresses else name,
-             groups=tuple(g for g in member_of if g != "all"))
+             groups=tuple(g for g in member_of if g != "all"),
+             port=reach.get(name, {}).get("port"),          # type: ignore[arg-type]
+             connection=str(reach.get(name, {}).get("connection", "")))
         for name, member_of in groups.items()
     )
 
@@ -458,12 +461,20 @@ def _entries(node: Node) -> list[tuple[str, Node]]:
 
 
 def _add_host(name: str, node: Node, chain: tuple[str, ...], groups: dict[str, dict[str, None]],
-              addresses: dict[str, tuple[str, str]]) -> None:
+              addresses: dict[str, tuple[str, str]], reach: dict[str, dict[str, object]]) -> None:
     if "[" in name:
         Node(node.file, node.key, name).fail("a single host name; host ranges are not supported")
     groups.setdefault(name, {}).update(dict.fromkeys(chain))
     if node.value is None:
         return
+    # How SSH reaches the host: the fault lines name host:port, and a loopback host
+    # the inventory reaches over SSH (a test's sshd) is treated as remote.
+    port_node = node.get("ansible_port")
+    if not port_node.missing:
+        reach.setdefault(name, {})["port"] = port_node.integer(1, 65535)
+    conn_node = node.get("ansible_connection")
+    if not conn_node.missing:
+        reach.setdefault(name, {})["connection"] = conn_node.text()
     address_node = node.get("ansible_host")
     if address_node.missing:
         return

@@ -106,6 +106,13 @@ class Host:
     name: str
     address: str                  # ansible_host, or the name itself
     groups: tuple[str, ...]
+    port: int | None = None       # ansible_port (SSH), when the host sets it
+    connection: str = ""          # ansible_connection as written: "local", "ssh" or "" (Ansible's default)
+
+    @property
+    def ssh_address(self) -> str:
+        """Where SSH reaches it, as the fault lines name it (host:port)."""
+        return f"{self.address}:{self.port or 22}"
 
 
 @dataclass(frozen=True)

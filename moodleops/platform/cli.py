@@ -34,9 +34,9 @@ def _mirror_ready(inv: Inventory) -> bool:
     return not problems
 
 
-def _raise_unreachable(result: PlaybookResult) -> None:
+def _raise_unreachable(result: PlaybookResult, inv: Inventory) -> None:
     # A host Ansible could not reach is SSH's fault (status 4), not the playbook's.
-    err = playbook_ssh_error(result.output, result.unreachable)
+    err = playbook_ssh_error(result.output, result.unreachable, {h.name: h.ssh_address for h in inv.hosts})
     if err is not None:
         err.done = "nothing was changed on that host; re-run when it is reachable"
         raise err
@@ -57,7 +57,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         return 1
     extra = ["--check", "--diff"] if args.check else []
     result = run_playbook(inv, "site.yml", extra + (["--tags", args.tags] if args.tags else []))
-    _raise_unreachable(result)
+    _raise_unreachable(result, inv)
     if not result.ok:
         print(f"moodleops: error: the playbook failed (exit {result.returncode}); the output above says "
               "which task. Nothing was switched that the failed task did not reach.")
@@ -122,7 +122,7 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
             return 1
     else:
         result = run_playbook(inv, "upgrade.yml", extra)
-    _raise_unreachable(result)
+    _raise_unreachable(result, inv)
     took = time.monotonic() - started
     if not result.ok:
         verdict = _play_verdict(result.output)

@@ -11,7 +11,12 @@ Each row checks: the exit status from the table (moodleops.errors), exactly one
 traceback, and nothing changed (or the partial state said and resumable).
 
 A new command gets its rows by adding them to MATRIX; a new fault by adding a
-builder to FAULTS. README.md records the size of the matrix."""
+builder to FAULTS. README.md records the size of the matrix.
+
+Rows that need the Moodle stack are `stack` rows (run under the stack lock);
+the others (SSH to an sshd of this module's own on loopback, Alertmanager and
+Prometheus on closed ports, a loopback page with Moodle's login form where a
+command only checks that Moodle answers) run without it."""
 
 from __future__ import annotations
 
@@ -42,8 +47,6 @@ from cryptography.fernet import Fernet
 from moodleops import REPO_ROOT
 from moodleops.errors import ExitStatus
 
-pytestmark = pytest.mark.stack
-
 TAG = "f" + uuid.uuid4().hex[:8]
 BUCKET = "moodleops-fault-matrix"
 PYTHON = sys.executable
@@ -60,13 +63,15 @@ def free_port() -> int:
 
 class _Answer(http.server.BaseHTTPRequestHandler):
     """Answers every request with the server's (status, body); with `forward`,
-    requests whose method is not in `fail_methods` go to that base URL instead."""
+    requests whose method is not in `fail_methods` (or whose path does not match
+    `fail_path`) go to that base URL instead."""
 
     def _handle(self) -> None:
         srv: Any = self.server
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
-        if srv.forward and self.command not in srv.fail_methods:
+        failing = self.command in srv.fail_methods and re.search(srv.fail_path, self.path)
+        if srv.forward and not failing:
             headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
             resp = requests.request(self.command, srv.forward + self.path, data=body, headers=headers,
                                     timeout=30)
@@ -98,9 +103,12 @@ class Server:
     stop: Callable[[], None]
 
 
-def answering(status: int, body: bytes, *, forward: str = "", fail_methods: tuple[str, ...] = ()) -> Server:
+def answering(status: int, body: bytes, *, forward: str = "", fail_methods: tuple[str, ...] = (),
+              fail_path: str = "") -> Server:
+    """With `forward`, only requests of `fail_methods` whose path matches `fail_path` get the answer."""
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Answer)
     srv.answer, srv.forward, srv.fail_methods = (status, body), forward, fail_methods  # type: ignore[attr-defined]
+    srv.fail_path = fail_path  # type: ignore[attr-defined]
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
 
@@ -138,6 +146,77 @@ def moto(*, auth: bool = False) -> Server:
     return Server(url, stop)
 
 
+SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+
+
+def keygen(path: Path) -> str:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True,
+                   stdin=subprocess.DEVNULL)
+    return path.with_suffix(".pub").read_text(encoding="ascii").strip()
+
+
+@dataclass
+class Sshd:
+    """An sshd of this module's own on 127.0.0.1 (a free port, generated host key,
+    one authorised client key): the host the SSH rows reach."""
+
+    d: Path
+    port: int
+    host_pub: str
+    key: Path                 # the client key in authorized_keys
+    known_hosts: Path         # [127.0.0.1]:port with the real host key
+    proc: subprocess.Popen[bytes]
+
+    @classmethod
+    def start(cls, d: Path) -> Sshd:
+        if not os.path.exists(SSHD):
+            pytest.fail("sshd is missing: ./ops test installs openssh-server (requirements-test-debian.txt)")
+        d.mkdir(mode=0o700)
+        host_pub = keygen(d / "host_key")
+        client_pub = keygen(d / "client_key")
+        (d / "authorized_keys").write_text(client_pub + "\n", encoding="ascii")
+        port = free_port()
+        (d / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_pub}\n", encoding="ascii")
+        (d / "sshd_config").write_text(f"""\
+Port {port}
+ListenAddress 127.0.0.1
+HostKey {d / 'host_key'}
+AuthorizedKeysFile {d / 'authorized_keys'}
+PidFile {d / 'sshd.pid'}
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin prohibit-password
+UsePAM no
+StrictModes no
+MaxStartups 30
+""", encoding="ascii")
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)     # sshd's privilege-separation directory
+        with open(d / "sshd.log", "wb") as log:
+            proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(d / "sshd_config")], stderr=log)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    proc.kill()
+                    pytest.fail(f"sshd did not start: {(d / 'sshd.log').read_text(errors='replace')[-400:]}")
+                time.sleep(0.1)
+        return cls(d, port, host_pub, d / "client_key", d / "known_hosts", proc)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
+def sshd(w: World) -> Sshd:
+    if w.sshd is None:
+        w.sshd = Sshd.start(w.root / "sshd")
+        w.cleanups.append(w.sshd.stop)
+    return w.sshd
+
+
 # -- the world every row runs in ------------------------------------------------------------
 
 @dataclass
@@ -147,6 +226,8 @@ class World:
     school: str           # a school code of the inventory
     cleanups: list[Callable[[], None]] = field(default_factory=list)
     pg_port: int = 0      # the throwaway PostgreSQL, once started
+    sshd: Sshd | None = None   # this module's sshd on loopback, once started
+    moodle_page: str = ""      # a loopback page with Moodle's login form, once started
 
     def s3(self) -> Any:
         return boto3.client("s3", endpoint_url=self.moto, region_name="eu-west-3")
@@ -157,7 +238,7 @@ class World:
 
 
 @pytest.fixture(scope="module")
-def world(provisioned: object) -> Iterator[World]:
+def world() -> Iterator[World]:
     root = Path(tempfile.mkdtemp(prefix="moodleops-faults-", dir="/tmp"))
     root.chmod(0o755)
     mp = pytest.MonkeyPatch()
@@ -192,8 +273,10 @@ class Fault:
     vars: dict[str, Any] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
     where: str = ""
+    says: tuple[str, ...] = ()       # more the line must hold (what failed, the file to check)
     no_dac_override: bool = False    # run as root without CAP_DAC_OVERRIDE: file modes apply to it
     host_vars: dict[str, Any] = field(default_factory=dict)   # for the host of hosts.yml
+    fill: dict[str, str] = field(default_factory=dict)        # the row's {placeholders}: files, ports
 
 
 def inventory(w: World, name: str, extra: dict[str, Any], host_vars: dict[str, Any] | None = None) -> Path:
@@ -371,12 +454,71 @@ def s3_throttled_writes(w: World) -> Fault:
     return Fault(vars={"backup_s3_endpoint_url": srv.url}, where=srv.url)
 
 
-def ssh_refused(w: World) -> Fault:
-    port = free_port()
-    return Fault(host_vars={"ansible_connection": "ssh", "ansible_port": port,
-                            "ansible_ssh_common_args": "-o ConnectTimeout=5 -o StrictHostKeyChecking=no "
-                                                       "-o UserKnownHostsFile=/dev/null"},
+def _ssh(port: int, key: Path, known_hosts: Path, *, strict: bool = True) -> Fault:
+    """The inventory's host is reached over SSH at 127.0.0.1:port as root with `key`,
+    host keys checked against `known_hosts`: Ansible (host vars) and the load
+    generators of `loadtest run --workers` (the same host, {ssh_*} in the row)."""
+    checking = "-o StrictHostKeyChecking=yes" if strict else "-o StrictHostKeyChecking=no"
+    return Fault(host_vars={"ansible_connection": "ssh", "ansible_host": "127.0.0.1", "ansible_port": port,
+                            "ansible_user": "root", "ansible_ssh_private_key_file": str(key),
+                            "ansible_ssh_common_args": f"-o ConnectTimeout=5 -o IdentitiesOnly=yes {checking} "
+                                                       f"-o UserKnownHostsFile={known_hosts}"},
+                 fill={"ssh_key": str(key), "ssh_known_hosts": str(known_hosts)},
                  where=f"127.0.0.1:{port}")
+
+
+def ssh_refused(w: World) -> Fault:
+    """Nothing listens on the port (bound, then closed)."""
+    s = sshd(w)
+    f = _ssh(free_port(), s.key, s.known_hosts, strict=False)
+    f.says = ("connection refused", "sshd runs")
+    return f
+
+
+def ssh_key_rejected(w: World) -> Fault:
+    """The sshd runs; the key offered is not in its authorized_keys."""
+    s = sshd(w)
+    stranger = w.root / f"stranger-{uuid.uuid4().hex[:6]}"
+    keygen(stranger)
+    f = _ssh(s.port, stranger, s.known_hosts)
+    f.says = ("the key was rejected", "authorized_keys")
+    return f
+
+
+def ssh_host_key_changed(w: World) -> Fault:
+    """The sshd runs and accepts the key; known_hosts holds another key for [127.0.0.1]:port."""
+    s = sshd(w)
+    other = w.root / f"other-host-key-{uuid.uuid4().hex[:6]}"
+    kh = w.root / f"known_hosts-{uuid.uuid4().hex[:6]}"
+    kh.write_text(f"[127.0.0.1]:{s.port} {keygen(other)}\n", encoding="ascii")
+    f = _ssh(s.port, s.key, kh)
+    f.where = f"127.0.0.1:{s.port}"
+    f.says = (f"the host key changed: {kh} line 1 holds another key for [127.0.0.1]:{s.port}", str(kh))
+    return f
+
+
+LOGIN_FORM = (b"<!DOCTYPE html><html><body><form action=\"/login/index.php\" method=\"post\">"
+              b"<input type=\"hidden\" name=\"logintoken\" value=\"x\"></form></body></html>")
+
+
+def moodle_page(w: World) -> str:
+    """A loopback page with Moodle's login form: for rows whose command only checks
+    that Moodle answers before it meets the fault under test (never sent load)."""
+    if not w.moodle_page:
+        srv = answering(200, LOGIN_FORM)
+        w.cleanups.append(srv.stop)
+        w.moodle_page = srv.url
+    return w.moodle_page
+
+
+def exporter_down(w: World) -> Fault:
+    url = f"http://127.0.0.1:{free_port()}/metrics"
+    return Fault(fill={"metrics_url": url}, where=url)
+
+
+def alertmanager_down(w: World) -> Fault:
+    port = free_port()
+    return Fault(vars={"monitoring_alertmanager_port": port}, where=f"http://127.0.0.1:{port}")
 
 
 def prometheus_down(w: World) -> Fault:
@@ -406,7 +548,8 @@ FAULTS: dict[str, Callable[[World], Fault]] = {f.__name__: f for f in (
     php_missing, php_failing, php_garbage,
     http_refused, http_5xx, http_maintenance,
     s3_unreachable, s3_denied, s3_no_bucket, s3_throttled, s3_throttled_writes,
-    ssh_refused, prometheus_down, fs_full, fs_readonly, fs_denied,
+    ssh_refused, ssh_key_rejected, ssh_host_key_changed, alertmanager_down, exporter_down,
+    prometheus_down, fs_full, fs_readonly, fs_denied,
 )}
 
 
@@ -419,6 +562,8 @@ class Row:
     dependency: str             # the error line starts with it
     status: ExitStatus
     after: str = "unchanged"    # unchanged | partial-resumable
+    stack: bool = True          # needs the Moodle stack (a `stack` test, under the stack lock)
+    absent: tuple[str, ...] = ()   # paths ({state}) the command must not have created
 
     @property
     def id(self) -> str:
@@ -427,6 +572,16 @@ class Row:
 
 DEP, FS = ExitStatus.DEPENDENCY, ExitStatus.FILESYSTEM
 WHY = ("--reason", "fault matrix", "--ticket", "FAULT-1", "--journal-copy", "-")
+LOADTEST_RUN = ("loadtest", "run", "--prefix", "ltfault1", "--shape", "smoke", "--users", "4", "--duration", "20",
+                "--think-scale", "0.01", "--fixture-dir", "{state}", "--results", "{state}/results")
+# The inventory's host is the load generator, reached over SSH (ansible_connection: ssh, ansible_port).
+SSH_WORKERS = ("--workers", "1", "--ssh-user", "root", "--ssh-key", "{ssh_key}", "--ssh-known-hosts",
+               "{ssh_known_hosts}")
+# A prepared fixture's record (accounts only: these rows stop before any user logs in).
+FIXTURE = {"quiz_questions": 2, "password": "fault-matrix", "course_id": 1, "forum_cmid": 1, "discussion_id": 1,
+           "discussion_post_id": 1, "resource_cmid": 1, "quiz_cmid": 1, "assign_cmid": 1,
+           "students": [{"username": f"ltfault1s{i:04d}"} for i in range(1, 31)],
+           "trainers": [{"username": f"ltfault1t{i:04d}"} for i in range(1, 4)]}
 MATRIX: tuple[Row, ...] = (
     # database: the read-only role's readers
     Row(("storage", "report"), "db_down", "database", DEP),
@@ -446,12 +601,10 @@ MATRIX: tuple[Row, ...] = (
     Row(("loadtest", "inspect", "--prefix", "ltfault1"), "php_garbage", "Moodle PHP CLI", DEP),
     Row(("backup", "run"), "php_failing", "Moodle PHP CLI", DEP),
     # Moodle over HTTP
-    Row(("loadtest", "run", "--prefix", "ltfault1", "--shape", "smoke", "--fixture-dir", "{state}"),
-        "http_refused", "Moodle over HTTP", DEP),
-    Row(("loadtest", "run", "--prefix", "ltfault1", "--shape", "smoke", "--fixture-dir", "{state}"),
-        "http_5xx", "Moodle over HTTP", DEP),
-    Row(("loadtest", "run", "--prefix", "ltfault1", "--shape", "smoke", "--fixture-dir", "{state}"),
-        "http_maintenance", "Moodle over HTTP", DEP),
+    # Moodle over HTTP (`loadtest run` asks Moodle's login page before it starts Locust)
+    Row(LOADTEST_RUN, "http_refused", "Moodle over HTTP", DEP, stack=False),
+    Row(LOADTEST_RUN, "http_5xx", "Moodle over HTTP", DEP, stack=False),
+    Row(LOADTEST_RUN, "http_maintenance", "Moodle over HTTP", DEP, stack=False),
     # S3
     Row(("backup", "run"), "s3_unreachable", "S3", DEP),
     Row(("backup", "run"), "s3_denied", "S3", DEP),
@@ -466,10 +619,27 @@ MATRIX: tuple[Row, ...] = (
     Row(("backup", "export-status"), "s3_unreachable", "S3", DEP),
     Row(("backup", "export-status"), "s3_denied", "S3", DEP),
     Row(("backup", "export", "--school", "{school}"), "s3_unreachable", "S3", DEP),
-    # SSH to a host (the playbooks')
-    Row(("platform", "up", "--check"), "ssh_refused", "SSH", DEP),
-    # Prometheus
-    Row(("capacity", "forecast"), "prometheus_down", "Prometheus", DEP),
+    # SSH to a host: the playbooks' (Ansible), the load generators' (`loadtest run --workers`)
+    Row(("platform", "up", "--check"), "ssh_refused", "SSH", DEP, stack=False),
+    Row(("platform", "up", "--check"), "ssh_key_rejected", "SSH", DEP, stack=False),
+    Row(("platform", "up", "--check"), "ssh_host_key_changed", "SSH", DEP, stack=False),
+    Row(("platform", "upgrade"), "ssh_key_rejected", "SSH", DEP, stack=False),
+    Row(("platform", "upgrade"), "ssh_host_key_changed", "SSH", DEP, stack=False),
+    Row((*LOADTEST_RUN, *SSH_WORKERS), "ssh_refused", "SSH", DEP, stack=False),
+    Row((*LOADTEST_RUN, *SSH_WORKERS), "ssh_key_rejected", "SSH", DEP, stack=False),
+    Row((*LOADTEST_RUN, *SSH_WORKERS), "ssh_host_key_changed", "SSH", DEP, stack=False),
+    # Alertmanager (the scope of a runbook taken from a firing alert)
+    Row(("incident", "suspend", "--users-from-alert", "MoodleMassMailingByUser", *WHY), "alertmanager_down",
+        "Alertmanager", DEP, stack=False),
+    Row(("incident", "messaging", "suspend", "--users-from-alert", "MoodleMassMailingByUser", *WHY),
+        "alertmanager_down", "Alertmanager", DEP, stack=False),
+    # Prometheus (the storage history of forecasts and reviews)
+    Row(("capacity", "forecast"), "prometheus_down", "Prometheus", DEP, stack=False),
+    Row(("capacity", "review", "--school", "{school}", "--out", "{state}/reviews"), "prometheus_down",
+        "Prometheus", DEP, stack=False, absent=("{state}/reviews",)),
+    # the storage exporter's /metrics, read directly when no Prometheus keeps the history
+    Row(("capacity", "record", "--from-metrics", "{metrics_url}", "--out", "{state}/history.csv"), "exporter_down",
+        "exporter", DEP, stack=False, absent=("{state}/history.csv",)),
     # the local filesystem
     Row(("capacity", "record", "--out", "{state}/history.csv"), "fs_full", "filesystem", FS),
     Row(("capacity", "record", "--out", "{state}/history.csv"), "fs_readonly", "filesystem", FS),
@@ -498,6 +668,8 @@ def _one_line(proc: subprocess.CompletedProcess[str], row: Row, fault: Fault) ->
     line = ours[0]
     assert line.startswith(f"moodleops: error: {row.dependency}"), line
     assert fault.where in line, (fault.where, line)
+    for text in fault.says:
+        assert text in line, (text, line)
     assert "(check " in line, line
     assert proc.returncode == row.status, (proc.returncode, line)
     return line
@@ -514,10 +686,11 @@ class Outcome:
 
 
 def _run_row(w: World, row: Row, fault: Fault, name: str, env_dir: Path, state: Path) -> Outcome:
-    argv = [a.format(school=w.school, state=state) for a in row.argv]
+    argv = [a.format(school=w.school, state=state, **fault.fill) for a in row.argv]
     before = set(w.objects(name))
     proc = run_cli(env_dir, argv, fault)
     changed = sorted(set(w.objects(name)) - before)
+    changed += [p for p in (a.format(state=state) for a in row.absent) if Path(p).exists()]
     again = None
     if row.after == "partial-resumable" and proc.returncode == row.status:
         healthy = inventory(w, name, {"backup_s3_endpoint_url": w.moto})   # same state directory
@@ -525,24 +698,20 @@ def _run_row(w: World, row: Row, fault: Fault, name: str, env_dir: Path, state: 
     return Outcome(row, fault, state, proc, changed, again)
 
 
-@pytest.fixture(scope="module")
-def outcomes(world: World) -> dict[str, Outcome]:
-    """Every row: faults are built here one after the other, then four commands
-    (mostly waiting on retries and timeouts) run side by side."""
+def _outcomes(w: World, rows: list[Row]) -> dict[str, Outcome]:
+    """Faults are built one after the other, then four commands (mostly waiting
+    on retries and timeouts) run side by side."""
     jobs = []
-    for row in MATRIX:
-        fault = FAULTS[row.fault](world)
+    for row in rows:
+        fault = FAULTS[row.fault](w)
+        if row.argv[:2] == ("loadtest", "run") and not row.stack:
+            # Moodle answers (its login form) unless the fault is Moodle's: the row meets its own fault.
+            fault.vars.setdefault("moodle_wwwroot", moodle_page(w))
         name = f"{row.id.replace('×', '-')}-{uuid.uuid4().hex[:4]}"
-        env_dir = inventory(world, name, fault.vars, fault.host_vars)
+        env_dir = inventory(w, name, fault.vars, fault.host_vars)
         state = Path(yaml.safe_load((env_dir / "group_vars/all.yml").read_text())["moodleops_state_dir"])
         if row.argv[:2] == ("loadtest", "run"):
-            # A prepared fixture's record, large enough for the smoke shape: the run reaches Moodle.
-            record = {"prefix": "ltfault1", "password": "x", "quiz_questions": 3, "course_id": 1,
-                      "forum_cmid": 1, "discussion_id": 1, "discussion_post_id": 1, "resource_cmid": 1,
-                      "quiz_cmid": 1, "assign_cmid": 1,
-                      "students": [{"username": f"ltfault1s{i:04d}", "course": 0} for i in range(60)],
-                      "trainers": [{"username": f"ltfault1t{i:04d}", "course": 0} for i in range(10)]}
-            (state / "ltfault1.json").write_text(json.dumps(record))
+            (state / "ltfault1.json").write_text(json.dumps(FIXTURE))   # a prepared fixture's record
         jobs.append((row, fault, name, env_dir, state))
     # Rows of one command run one after the other: a command may take a lock of its own
     # (the platform lock of `platform maintenance`), and a row must meet its fault, not its neighbour.
@@ -550,19 +719,35 @@ def outcomes(world: World) -> dict[str, Outcome]:
     for job in jobs:
         groups.setdefault(job[0].argv[:2], []).append(job)
     with ThreadPoolExecutor(max_workers=4) as pool:
-        done = [o for group in pool.map(lambda g: [_run_row(world, *j) for j in g], groups.values())
+        done = [o for group in pool.map(lambda g: [_run_row(w, *j) for j in g], groups.values())
                 for o in group]
     return {o.row.id: o for o in done}
 
 
-@pytest.mark.parametrize("row", MATRIX, ids=[r.id for r in MATRIX])
-def test_fault(outcomes: dict[str, Outcome], row: Row) -> None:
-    out = outcomes[row.id]
+@pytest.fixture(scope="module")
+def stack_outcomes(world: World, provisioned: object) -> dict[str, Outcome]:
+    return _outcomes(world, [r for r in MATRIX if r.stack])
+
+
+@pytest.fixture(scope="module")
+def free_outcomes(world: World) -> dict[str, Outcome]:
+    return _outcomes(world, [r for r in MATRIX if not r.stack])
+
+
+@pytest.mark.parametrize("row", [pytest.param(r, id=r.id, marks=[pytest.mark.stack] if r.stack else [])
+                                 for r in MATRIX])
+def test_fault(request: pytest.FixtureRequest, row: Row) -> None:
+    out = request.getfixturevalue("stack_outcomes" if row.stack else "free_outcomes")[row.id]
     line = _one_line(out.proc, row, out.fault)
     if row.after == "unchanged":
         assert out.changed == [], line
         assert not (out.state / "backup" / "run.json").exists(), line
         assert not (out.state / "incidents" / "journal.jsonl").exists(), line
+        if row.argv[:2] == ("loadtest", "run"):
+            # No load was sent: a Locust run writes its statistics; none may exist.
+            assert not list(out.state.glob("results/locust_stats*.csv")), line
+        if row.fault.startswith("ssh_") and row.argv[:2] == ("loadtest", "run"):
+            assert "no load was sent" in line, line
         return
     # Partial: the dump was taken and kept, nothing listed as a backup; the line says so
     # and a re-run with S3 back resumes the same backup instead of starting over.
@@ -592,3 +777,79 @@ def test_debug_shows_the_traceback(world: World) -> None:
 
 def test_matrix_covers_every_fault() -> None:
     assert {r.fault for r in MATRIX} == set(FAULTS)
+
+
+# -- what a restore had done when S3 failed under it ---------------------------------------
+
+def _restore_case(w: World, fail_path: str) -> tuple[str, Path, Any]:
+    """A backup in the bucket (dump, moodledata archive, two filedir blobs, its manifest),
+    read back through a loopback proxy that throttles the GETs matching `fail_path`;
+    the target is a copy of the inventory whose dataroot is a fresh directory and whose
+    database port is closed (nothing of the shared stack can be reached from it).
+    Returns the one line of the fault, the target's dataroot and the translated error."""
+    import hashlib
+    import io
+    import tarfile
+
+    from moodleops.backup import restore
+    from moodleops.backup.config import backup_config
+    from moodleops.backup.s3 import client
+    from moodleops.errors import S3Error
+    from moodleops.faults import translate
+    from moodleops.inventory import load_inventory
+    from moodleops.site import site_of
+
+    name = f"restore-{uuid.uuid4().hex[:6]}"
+    proxy = answering(503, SLOW_DOWN, forward=w.moto, fail_methods=("GET",), fail_path=fail_path)
+    w.cleanups.append(proxy.stop)
+    dataroot = w.root / f"{name}-dataroot"
+    env_dir = inventory(w, name, {"backup_s3_endpoint_url": proxy.url, "moodle_dataroot": str(dataroot),
+                                  "moodle_db_port": free_port()})
+    inv = load_inventory(str(env_dir))
+    cfg = backup_config(inv)
+    s3 = w.s3()
+    prefix = f"{TAG}/{name}/"
+    dump = os.urandom(200_000)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        data = b"lang pack"
+        info = tarfile.TarInfo("lang/fr/langconfig.php")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    archive = buf.getvalue()
+    blobs = [b"first blob", b"second blob"]
+    sha1s = [hashlib.sha1(b).hexdigest() for b in blobs]
+    for key, body in [(f"{prefix}db/{name}.dump", dump), (f"{prefix}moodledata/{name}.tar.gz", archive),
+                      *((f"{prefix}blobs/{h}", b) for h, b in zip(sha1s, blobs, strict=True))]:
+        s3.put_object(Bucket=BUCKET, Key=key, Body=body)
+    m = {"id": name, "env": "local",
+         "database": {"key": f"{prefix}db/{name}.dump", "sha256": hashlib.sha256(dump).hexdigest(),
+                      "size": len(dump)},
+         "moodledata": {"key": f"{prefix}moodledata/{name}.tar.gz", "sha256": hashlib.sha256(archive).hexdigest(),
+                        "size": len(archive), "included": ["lang"]},
+         "blobs": {"sha1": sha1s, "count": 2, "bytes": sum(map(len, blobs))}}
+    target = site_of(inv)
+    p = restore.RestorePlan(manifest_key=f"{prefix}manifests/{name}.json", manifest=m, target=target)
+    with pytest.raises(Exception) as caught:
+        restore.apply(client(cfg), cfg, p, inv)
+    err = translate(caught.value, {S3Error: f"s3://{BUCKET}/{prefix} at {proxy.url}"})
+    assert err is not None, caught.value
+    return err.line(), dataroot, err
+
+
+def test_restore_says_what_it_had_done_when_the_archive_cannot_be_read(world: World) -> None:
+    line, dataroot, err = _restore_case(world, r"/moodledata/")
+    assert err.status == ExitStatus.DEPENDENCY, line
+    assert line.startswith("S3 s3://") and "throttling" in line, line
+    assert line.endswith("database dump downloaded and verified, moodledata archive not; nothing on the target "
+                         "was changed: a re-run downloads again"), line
+    assert not dataroot.exists(), line
+
+
+def test_restore_says_what_it_had_done_when_blobs_cannot_be_read(world: World) -> None:
+    line, dataroot, err = _restore_case(world, r"/blobs/")
+    assert err.status == ExitStatus.DEPENDENCY, line
+    assert "filedir blobs being put back (content-addressed: a re-run skips those present); the target's " \
+           "database and moodledata folders untouched" in line, line
+    # The dump and archive were verified; no moodledata folder was replaced, no maintenance flag written.
+    assert not (dataroot / "lang").exists() and not (dataroot / "climaintenance.html").exists(), line

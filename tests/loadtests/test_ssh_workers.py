@@ -118,8 +118,12 @@ def test_an_unknown_host_key_is_refused_in_one_line(sshd: SshOptions, tmp_path: 
     plan.write_text("{}", encoding="utf-8")
     bad = SshOptions(user="root", port=sshd.port, identity=sshd.identity, known_hosts=other,
                      remote_dir=sshd.remote_dir)
-    with pytest.raises(WorkerHostError, match=r"ssh to load generator gen-loop \(127\.0\.0\.1:\d+\) failed"):
+    with pytest.raises(WorkerHostError) as caught:
         RemoteWorkers([LOOP], bad).start(plan, 1, "127.0.0.1", _free_port())
+    line = caught.value.line()
+    assert line.startswith(f"SSH 127.0.0.1:{sshd.port} (load generator gen-loop): the host key changed: "
+                           f"{other} line 1 holds another key for [127.0.0.1]:{sshd.port}"), line
+    assert f"ssh-keygen -R '[127.0.0.1]:{sshd.port}' -f {other}" in line, line
 
 
 @pytest.mark.stack

@@ -4,6 +4,9 @@ library faults into one line, the byte formatter and the tables."""
 from __future__ import annotations
 
 import errno
+import smtplib
+import socket
+import threading
 
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
@@ -11,8 +14,8 @@ from moodleops.capacity.errors import CapacityError
 
 from moodleops.cli import main
 from moodleops.console import table_lines
-from moodleops.errors import EXIT_TABLE, DependencyError, ExitStatus, FilesystemError, S3Error
-from moodleops.faults import database_error, playbook_ssh_error, s3_error, translate
+from moodleops.errors import EXIT_TABLE, DependencyError, ExitStatus, FilesystemError, S3Error, SmtpError
+from moodleops.faults import database_error, playbook_ssh_error, s3_error, smtp_error, translate
 from moodleops.units import format_bytes
 
 
@@ -74,12 +77,79 @@ def test_notes_say_what_was_done() -> None:
 
 
 def test_ssh_faults_are_told_apart() -> None:
-    def one(msg: str) -> str:
-        return str(playbook_ssh_error([f"fatal: [web1]: UNREACHABLE! => {msg}"], {"web1": 1}))
-    assert "web1 (10.0.0.7:22): connection refused" in one("ssh: connect to host 10.0.0.7 port 22: Connection refused")
-    assert "key was rejected" in one("Permission denied (publickey).")
-    assert "host key changed" in one("WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED!")
+    def one(msg: str, addresses: dict[str, str] | None = None) -> str:
+        return str(playbook_ssh_error([f"fatal: [web1]: UNREACHABLE! => {msg}"], {"web1": 1}, addresses))
+    assert "SSH 10.0.0.7:22 (host web1): connection refused" in one(
+        "ssh: connect to host 10.0.0.7 port 22: Connection refused")
+    assert "SSH 10.0.0.7:2222 (host web1): the key was rejected" in one(
+        "root@10.0.0.7: Permission denied (publickey).", {"web1": "10.0.0.7:2222"})
+    changed = one("WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED! Offending ED25519 key in /k/known_hosts:3 "
+                  "Host key for [10.0.0.7]:2222 has changed and you have requested strict checking.",
+                  {"web1": "10.0.0.7:2222"})
+    assert "the host key changed: /k/known_hosts line 3 holds another key for [10.0.0.7]:2222" in changed
+    assert "ssh-keygen -R '[10.0.0.7]:2222' -f /k/known_hosts" in changed
+    assert "host key is unknown" in one("No ED25519 host key is known for 10.0.0.7 and you have requested strict "
+                                        "checking. Host key verification failed.", {"web1": "10.0.0.7:22"})
     assert playbook_ssh_error(["ok"], {"web1": 0}) is None
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_smtp_relay_down_is_one_line() -> None:
+    # No command sends mail yet: the translation is ready for the first that does.
+    port = _closed_port()
+    with pytest.raises(OSError) as caught:
+        smtplib.SMTP("127.0.0.1", port, timeout=5)
+    err = smtp_error(caught.value, f"127.0.0.1:{port}", done="no mail was sent")
+    assert err is not None and err.status == ExitStatus.DEPENDENCY
+    assert err.line() == (f"SMTP 127.0.0.1:{port}: connection refused (check that the relay runs and listens "
+                          "there: monitoring_smtp_smarthost (host:port)); no mail was sent")
+
+
+def test_smtp_relay_answers_are_told_apart() -> None:
+    """A relay on loopback that greets, then refuses every recipient (550), and one
+    that closes the connection after its greeting."""
+    def serve(listener: socket.socket, script: list[bytes | None]) -> None:
+        conn, _ = listener.accept()
+        with conn:
+            f = conn.makefile("rb")
+            conn.sendall(b"220 relay.test ESMTP\r\n")
+            for answer in script:
+                if not f.readline():
+                    return
+                if answer is None:
+                    return          # drop the connection
+                conn.sendall(answer)
+
+    def relay(script: list[bytes | None]) -> tuple[int, threading.Thread, socket.socket]:
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        t = threading.Thread(target=serve, args=(listener, script), daemon=True)
+        t.start()
+        return int(listener.getsockname()[1]), t, listener
+
+    port, t, listener = relay([b"250 relay.test\r\n", b"250 ok\r\n", b"550 5.1.1 no such user\r\n",
+                               b"250 ok\r\n", b"221 bye\r\n"])
+    with listener, pytest.raises(smtplib.SMTPRecipientsRefused) as refused, \
+            smtplib.SMTP("127.0.0.1", port, timeout=5) as smtp:
+        smtp.sendmail("moodle@example.invalid", ["nobody@example.invalid"], "Subject: x\r\n\r\nx")
+    t.join(5)
+    err = smtp_error(refused.value, f"127.0.0.1:{port}")
+    assert err is not None and "recipients refused: nobody@example.invalid (550)" in err.line()
+
+    port, t, listener = relay([None])
+    with listener, pytest.raises(smtplib.SMTPServerDisconnected) as dropped, \
+            smtplib.SMTP("127.0.0.1", port, timeout=5) as smtp:
+        smtp.ehlo()
+    t.join(5)
+    err = translate(dropped.value, {SmtpError: f"127.0.0.1:{port}"})
+    assert err is not None and err.line().startswith(f"SMTP 127.0.0.1:{port}: the relay closed the connection")
+    assert smtp_error(ValueError("not a mail fault"), "x:25") is None
 
 
 def test_bytes_are_decimal() -> None:

@@ -425,6 +425,20 @@ def test_conflicting_ansible_host(root: Path) -> None:
     rejected(root, "local/hosts.yml", "all.children.web.hosts.localhost.ansible_host", "10.1.2.3")
 
 
+def test_ssh_port_and_connection_of_a_host(root: Path) -> None:
+    def change(data: Any) -> None:
+        data["all"]["hosts"]["localhost"].update({"ansible_connection": "ssh", "ansible_port": 2222})
+    edit(root, "local/hosts.yml", change)
+    host = load_inventory("local", root=root).hosts[0]
+    assert (host.connection, host.port, host.ssh_address) == ("ssh", 2222, "127.0.0.1:2222")
+    assert load_inventory("production", root=root).hosts[0].ssh_address.endswith(":22")
+
+
+def test_ssh_port_out_of_range(root: Path) -> None:
+    edit(root, "local/hosts.yml", _set("all", "hosts", "localhost", "ansible_port", 70000))
+    rejected(root, "local/hosts.yml", "all.hosts.localhost.ansible_port", 70000)
+
+
 def test_unknown_group_key(root: Path) -> None:
     edit(root, "production/hosts.yml", _set("all", "children", "web", "host", {"web9": None}))
     rejected(root, "production/hosts.yml", "all.children.web.host", {"web9": None}, env="production")
