@@ -1,14 +1,14 @@
-"""The Moodle health and abuse exporter: a background thread reads Moodle's
-tables on its own schedule, a Prometheus collector serves the last read.
+"""The Moodle health and abuse exporter: reads of Moodle's tables on their own
+schedule, a scrape serves the last read.
 
 Same conventions as the storage exporter: a scrape only serves what is in
-memory; a failed read keeps the last good values, marked stale. The reads are
-SQL aggregates (the work is in PostgreSQL, which releases the GIL while this
-process waits), so they run in a thread, not a child process. Each read's
-figures are rendered to the exposition format once, by the reading thread; a
-scrape adds only the few time-dependent samples (cron lag, ages, staleness) to
-those bytes, so it costs well under a millisecond of this process's CPU
-(bench/watch_scrape.py)."""
+memory; a failed read keeps the last good values, marked stale. The reads run
+in a child process (watch_child.py: their Python work would otherwise take the
+GIL from the scrape threads); a background thread here asks for them and
+renders each read's figures to the exposition format once. A scrape takes the
+last snapshot without a lock and adds only the few time-dependent samples
+(cron lag, ages, staleness) to those bytes (bench/watch_scrape.py).
+"""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 from moodleops.exporters.background import BackgroundExporter
+from moodleops.exporters.watch_child import ChildReader
 from moodleops.exporters.watch_model import WatchConfig, WatchResult
 from moodleops.exporters.watch_read import WatchError, read
 from prometheus_client import generate_latest
@@ -115,17 +116,31 @@ class WatchExporter(BackgroundExporter):
     thread_name = "moodle-watch"
 
     def __init__(self, cfg: WatchConfig, thresholds: Thresholds, *, interval_s: float = 60.0,
-                 pin_state: Path | None = None, reader: Reader = read) -> None:
+                 pin_state: Path | None = None, reader: Reader | None = None) -> None:
+        """reader: None reads Moodle in the child process; a function is called in the
+        reading thread itself (tests)."""
         super().__init__(interval_s)
         self.cfg = cfg
         self.thresholds = thresholds
-        self._reader = reader
+        self._child = ChildReader(read) if reader is None else None
+        self._reader: Reader = self._child if self._child is not None else reader   # type: ignore[assignment]
         self._pins = PinTracker(pin_state)
         self._read_lock = threading.Lock()     # one read at a time; only readers take it
         self._state = WatchState()
 
     def refresh(self) -> bool:
         return self.read_once()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        super().stop(timeout)
+        if self._child is not None:
+            # A read still running (hung database) must not hold the stop: close anyway.
+            locked = self._read_lock.acquire(timeout=timeout)
+            try:
+                self._child.close()
+            finally:
+                if locked:
+                    self._read_lock.release()
 
     def read_once(self) -> bool:
         """One read; True when it succeeded. Never raises; never two reads at once."""

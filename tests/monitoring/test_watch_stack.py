@@ -295,6 +295,7 @@ def test_a_scrape_stays_under_50ms_while_reads_run(cfg: WatchConfig, local_inven
         stop.set()
         reader.join(60)
         server.shutdown()   # type: ignore[attr-defined]
+        ex.stop()
     assert b"moodle_cron_lag_seconds" in body
     assert not failed, failed
     overlapping = sum(1 for t0, t1, _ in scrapes if any(r0 < t1 and t0 < r1 for r0, r1 in reads))
