@@ -10,8 +10,8 @@ threads), started again when it died or went silent."""
 
 from __future__ import annotations
 
-import logging
 import multiprocessing
+import os
 import traceback
 from collections.abc import Callable
 from multiprocessing.connection import Connection
@@ -20,12 +20,13 @@ from typing import Any
 from moodleops.exporters.watch_model import WatchConfig, WatchResult
 from moodleops.exporters.watch_read import WatchError, read
 
-log = logging.getLogger("moodleops.watch")
 
 
 def _child(conn: Connection, reader: Callable[[WatchConfig], WatchResult]) -> None:
     """Child body: for each configuration received, ("ok", result), ("error", message)
     or ("crash", traceback). Ends when the parent closes its end (or dies)."""
+    # Background work: on a busy host the serving process gets the CPU first.
+    os.nice(10)
     while True:
         try:
             cfg = conn.recv()
