@@ -21,7 +21,6 @@ from moodleops.exporters.watch_model import WatchConfig, WatchResult
 from moodleops.exporters.watch_read import WatchError, read
 
 
-
 def _child(conn: Connection, reader: Callable[[WatchConfig], WatchResult]) -> None:
     """Child body: for each configuration received, ("ok", result), ("error", message)
     or ("crash", traceback). Ends when the parent closes its end (or dies)."""
