@@ -77,6 +77,7 @@ def main() -> int:
         for t in threads:
             t.join(60)
         server.shutdown()   # type: ignore[attr-defined]
+        ex.stop()
     doc = {"at": datetime.now(UTC).isoformat(timespec="seconds"), "machine": platform.platform(),
            "scrapes": args.scrapes, "body_bytes": size, "idle": _percentiles(idle), "during_reads": _percentiles(busy),
            "reads_during": len(durations), "read_median_s": statistics.median(durations) if durations else None}

@@ -8,15 +8,13 @@ import dataclasses
 import io
 import json
 import logging
-import re
-import signal
 import sys
-import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from moodleops.exporters.background import parse_listen, serve_until_signal
 from moodleops.exporters.storage_config import ask_paths, config_from_inventory, paths_source
 from moodleops.exporters.storage_drilldown import Node, drilldown
 from moodleops.exporters.storage_exporter import PoolPolicy, ScanEvents, StorageExporter, run_scan
@@ -28,7 +26,6 @@ from moodleops.inventory import Inventory, load_inventory
 from moodleops.site import SiteError, site_of
 
 DEFAULT_LISTEN = "127.0.0.1:9851"
-_LISTEN = re.compile(r"^(?:\[(?P<v6>[0-9a-fA-F:]+)\]|(?P<host>[A-Za-z0-9.\-]+)):(?P<port>[0-9]{1,5})$")
 
 
 def register(areas: argparse._SubParsersAction) -> None:
@@ -340,15 +337,6 @@ def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]], numeric: se
     return [line(header), "  ".join("-" * w for w in widths), *(line(r) for r in rows)]
 
 
-def parse_listen(text: str) -> tuple[str, int]:
-    m = _LISTEN.match(text)
-    port = int(m.group("port")) if m else 0
-    if not m or not 1 <= port <= 65535:
-        raise ValueError(f"--listen {text!r} is not valid (HOST:PORT with a port 1-65535, "
-                         "e.g. 127.0.0.1:9851 or [::1]:9851)")
-    return (m.group("v6") or m.group("host")), port
-
-
 def run_serve(args: argparse.Namespace) -> int:
     try:
         host, port = parse_listen(args.listen)
@@ -376,18 +364,7 @@ def run_serve(args: argparse.Namespace) -> int:
                                interval_s=args.interval, walk_interval_s=args.walk_interval,
                                full_walk_interval_s=args.full_walk_interval,
                                paths_source=None if got is not None else paths_source(site))
-    try:
-        exporter.serve(host, port)
-    except OSError as exc:
-        return _error(f"cannot listen on {args.listen}: {exc.strerror or exc}", 1)
-    print(f"serving http://{args.listen}/metrics; scanning every {args.interval:g} s", file=sys.stderr)
-    exporter.start()
-    done = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: done.set())
-    done.wait()
-    exporter.stop()
-    return 0
+    return serve_until_signal(exporter, host, port, listen=args.listen, doing=f"scanning every {args.interval:g} s")
 
 
 def run_alertmanager_config(args: argparse.Namespace) -> int:

@@ -30,6 +30,7 @@ from datetime import time as dtime
 from pathlib import Path
 from typing import Any
 
+from moodleops.exporters.background import BackgroundExporter
 from moodleops.exporters.filedir import WalkProgress
 from moodleops.exporters.storage_disk import WalkStuck, watch
 from moodleops.exporters.storage_disk import apply as apply_disk
@@ -41,7 +42,7 @@ from moodleops.exporters.storage_model import (
     StoragePaths,
 )
 from moodleops.exporters.storage_scan import DbSnapshot, ScanDatabaseError, ScanError, read_database
-from prometheus_client import start_http_server
+from prometheus_client import generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
@@ -191,13 +192,15 @@ class ExporterState:
 PathsSource = Callable[[], "StoragePaths | None"]
 
 
-class StorageExporter:
+class StorageExporter(BackgroundExporter):
+    thread_name = "storage-scan"
+
     def __init__(self, cfg: ScanConfig, policy: PoolPolicy, *, interval_s: float = 900.0,
                  walk_interval_s: float = 86400.0, full_walk_interval_s: float = 7 * 86400.0,
                  scanner: Scanner | None = None, paths_source: PathsSource | None = None) -> None:
+        super().__init__(interval_s)
         self.cfg = cfg
         self.policy = policy
-        self.interval_s = interval_s
         self.walk_interval_s = walk_interval_s
         self.full_walk_interval_s = full_walk_interval_s
         self._scanner = scanner
@@ -207,8 +210,8 @@ class StorageExporter:
         self._lock = threading.Lock()
         self._scan_lock = threading.Lock()     # one scan at a time, whoever asks
         self._state = ExporterState()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._registry = CollectorRegistry(auto_describe=False)
+        self._registry.register(_Collector(self))
 
     # --- scanning -----------------------------------------------------------------
     def scan_once(self) -> bool:
@@ -299,39 +302,26 @@ class StorageExporter:
         log.info("scan done in %.1f s (database %.1f s)", result.duration_s, result.db_duration_s)
         return True
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="storage-scan", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            t0 = time.monotonic()
-            self.scan_once()
-            # Fixed cadence from the start of each scan; a slow scan delays, never stacks.
-            self._stop.wait(max(1.0, self.interval_s - (time.monotonic() - t0)))
+    def refresh(self) -> bool:
+        return self.scan_once()
 
     def state(self) -> ExporterState:
         with self._lock:
             return dataclasses.replace(self._state)
 
-    def is_stale(self, now: float | None = None) -> bool:
+    def last_success(self) -> tuple[bool, float, bool]:
         s = self.state()
-        now = time.time() if now is None else now
-        return s.result is None or not s.ok or now - s.last_success > 2 * self.interval_s + 60
+        return s.result is not None, s.last_success, s.ok
 
     # --- serving ------------------------------------------------------------------
     def collector(self) -> Collector:
         return _Collector(self)
 
-    def serve(self, host: str, port: int) -> tuple[object, threading.Thread]:
-        registry = CollectorRegistry(auto_describe=False)
-        registry.register(self.collector())
-        return start_http_server(port, addr=host, registry=registry)
+    def exposition(self) -> bytes:
+        # Formatted at each scrape from the state in memory: a scan's figures are
+        # published in parts (database, then disk, progress), and a scan runs in a
+        # child process, so formatting here does not compete with it for the GIL.
+        return generate_latest(self._registry)
 
 
 class _Collector(Collector):

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
-import threading
 from pathlib import Path
 
-from moodleops.exporters.storage_cli import parse_listen
+from moodleops.exporters.background import parse_listen, serve_until_signal
 from moodleops.exporters.watch_config import thresholds, watch_config
 from moodleops.exporters.watch_exporter import WatchExporter
 
@@ -80,15 +78,5 @@ def run_serve(args: argparse.Namespace) -> int:
         return _error(str(exc))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     exporter = WatchExporter(cfg, thresholds(inv), interval_s=args.interval, pin_state=args.pin_state)
-    try:
-        exporter.serve(host, port)
-    except OSError as exc:
-        return _error(f"cannot listen on {args.listen}: {exc.strerror or exc}", 1)
-    print(f"serving http://{args.listen}/metrics; reading Moodle every {args.interval:g} s", file=sys.stderr)
-    exporter.start()
-    done = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: done.set())
-    done.wait()
-    exporter.stop()
-    return 0
+    return serve_until_signal(exporter, host, port, listen=args.listen,
+                              doing=f"reading Moodle every {args.interval:g} s")

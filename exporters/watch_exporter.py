@@ -1,19 +1,18 @@
-"""The Moodle health and abuse exporter: a background thread reads Moodle's
-tables on its own schedule, a Prometheus collector serves the last read.
+"""The Moodle health and abuse exporter: reads of Moodle's tables on their own
+schedule, a scrape serves the last read.
 
 Same conventions as the storage exporter: a scrape only serves what is in
-memory; a failed read keeps the last good values, marked stale. The reads are
-SQL aggregates (the work is in PostgreSQL, which releases the GIL while this
-process waits), so they run in a thread, not a child process. Each read's
-figures are rendered to the exposition format once, by the reading thread; a
-scrape adds only the few time-dependent samples (cron lag, ages, staleness) to
-those bytes, so it costs well under a millisecond of this process's CPU
-(bench/watch_scrape.py)."""
+memory; a failed read keeps the last good values, marked stale. The reads run
+in a child process (watch_child.py: their Python work would otherwise take the
+GIL from the scrape threads); a background thread here asks for them and
+renders each read's figures to the exposition format once. A scrape takes the
+last snapshot without a lock and adds only the few time-dependent samples
+(cron lag, ages, staleness) to those bytes (bench/watch_scrape.py).
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import http.server
 import json
 import logging
 import os
@@ -24,9 +23,11 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
+from moodleops.exporters.background import BackgroundExporter
+from moodleops.exporters.watch_child import ChildReader
 from moodleops.exporters.watch_model import WatchConfig, WatchResult
 from moodleops.exporters.watch_read import WatchError, read
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
@@ -95,8 +96,11 @@ class PinTracker:
             log.warning("cannot save pin state %s: %s", self.path, exc)
 
 
-@dataclass
+@dataclass(frozen=True)
 class WatchState:
+    """One immutable snapshot: a read replaces the whole object, so a scrape takes
+    `exporter.state()` without any lock and always sees one read's figures."""
+
     result: WatchResult | None = None
     pins_behind: dict[str, float] = dataclasses.field(default_factory=dict)
     rendered: bytes = b""                 # the read's time-independent metrics, exposition format
@@ -108,19 +112,35 @@ class WatchState:
     errors: int = 0
 
 
-class WatchExporter:
+class WatchExporter(BackgroundExporter):
+    thread_name = "moodle-watch"
+
     def __init__(self, cfg: WatchConfig, thresholds: Thresholds, *, interval_s: float = 60.0,
-                 pin_state: Path | None = None, reader: Reader = read) -> None:
+                 pin_state: Path | None = None, reader: Reader | None = None) -> None:
+        """reader: None reads Moodle in the child process; a function is called in the
+        reading thread itself (tests)."""
+        super().__init__(interval_s)
         self.cfg = cfg
         self.thresholds = thresholds
-        self.interval_s = interval_s
-        self._reader = reader
+        self._child = ChildReader(read) if reader is None else None
+        self._reader: Reader = self._child if self._child is not None else reader   # type: ignore[assignment]
         self._pins = PinTracker(pin_state)
-        self._lock = threading.Lock()
-        self._read_lock = threading.Lock()
+        self._read_lock = threading.Lock()     # one read at a time; only readers take it
         self._state = WatchState()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+
+    def refresh(self) -> bool:
+        return self.read_once()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        super().stop(timeout)
+        if self._child is not None:
+            # A read still running (hung database) must not hold the stop: close anyway.
+            locked = self._read_lock.acquire(timeout=timeout)
+            try:
+                self._child.close()
+            finally:
+                if locked:
+                    self._read_lock.release()
 
     def read_once(self) -> bool:
         """One read; True when it succeeded. Never raises; never two reads at once."""
@@ -136,47 +156,28 @@ class WatchExporter:
                 log.exception("watch read crashed")
                 return self._failed(started, f"{type(exc).__name__}: {exc}")
             rendered = _render(_StaticCollector(self, result, behind))
-            with self._lock:
-                s = self._state
-                s.result, s.pins_behind, s.rendered = result, behind, rendered
-                s.last_attempt, s.last_success, s.ok, s.last_error = started, time.time(), True, ""
-                s.reads += 1
+            s = self._state
+            # One assignment publishes the whole read (atomic for the scrape threads).
+            self._state = dataclasses.replace(s, result=result, pins_behind=behind, rendered=rendered,
+                                              last_attempt=started, last_success=time.time(), ok=True,
+                                              last_error="", reads=s.reads + 1)
             for w in result.warnings:
                 log.warning("%s", w)
             return True
 
     def _failed(self, started: float, message: str) -> bool:
-        with self._lock:
-            s = self._state
-            s.last_attempt, s.ok, s.last_error = started, False, message
-            s.reads += 1
-            s.errors += 1
+        s = self._state
+        self._state = dataclasses.replace(s, last_attempt=started, ok=False, last_error=message,
+                                          reads=s.reads + 1, errors=s.errors + 1)
         log.error("%s (serving the last good values, marked stale)", message)
         return False
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="moodle-watch", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            t0 = time.monotonic()
-            self.read_once()
-            self._stop.wait(max(1.0, self.interval_s - (time.monotonic() - t0)))
-
     def state(self) -> WatchState:
-        with self._lock:
-            return dataclasses.replace(self._state)
+        return self._state
 
-    def is_stale(self, now: float | None = None) -> bool:
-        s = self.state()
-        now = time.time() if now is None else now
-        return s.result is None or not s.ok or now - s.last_success > 2 * self.interval_s + 60
+    def last_success(self) -> tuple[bool, float, bool]:
+        s = self._state
+        return s.result is not None, s.last_success, s.ok
 
     def collector(self) -> Collector:
         """Everything, formatted now (tests, other registries); serving uses exposition()."""
@@ -184,32 +185,8 @@ class WatchExporter:
 
     def exposition(self) -> bytes:
         """What a scrape returns: the last read's rendered bytes plus the time-dependent samples."""
-        st = self.state()
+        st = self._state
         return _render(_DynamicCollector(self, st, time.time())) + st.rendered
-
-    def serve(self, host: str, port: int) -> tuple[http.server.ThreadingHTTPServer, threading.Thread]:
-        exporter = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                if self.path.split("?", 1)[0] not in ("/metrics", "/"):
-                    self.send_error(404)
-                    return
-                body = exporter.exposition()
-                self.send_response(200)
-                self.send_header("Content-Type", CONTENT_TYPE_LATEST)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        server = http.server.ThreadingHTTPServer((host, port), Handler)
-        server.daemon_threads = True
-        thread = threading.Thread(target=server.serve_forever, name="moodle-watch-http", daemon=True)
-        thread.start()
-        return server, thread
 
 
 def _render(collector: Collector) -> bytes:

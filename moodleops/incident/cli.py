@@ -88,10 +88,24 @@ def _progress(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def _schools(args: argparse.Namespace, known: set[str]) -> tuple[str, ...]:
+    codes = list(args.school or ())
+    if args.school_from_alert:
+        from moodleops.incident.alert_scope import alertmanager_url, schools_of_alert
+        url = args.alertmanager or alertmanager_url(load_inventory(args.inventory))
+        got, left_out = schools_of_alert(url, args.school_from_alert, known)
+        if left_out:
+            print(f"note: {args.school_from_alert} also fires for {', '.join(left_out)}: no school, left out",
+                  file=sys.stderr)
+        codes += got
+    return tuple(dict.fromkeys(codes))
+
+
 def cmd_suspend(args: argparse.Namespace) -> int:
     rb = _runbook(args)
     who = _who(args)
-    make = rb.suspend(schools=tuple(args.school or ()), users=_users(args), platform=args.platform,
+    make = rb.suspend(schools=_schools(args, {s.code for s in rb.inv.schools}), users=_users(args),
+                      platform=args.platform,
                       hide_category=args.hide_category, include_multi_school=args.include_multi_school,
                       message=args.message, revoke_tokens=args.revoke_tokens)
     return _finish(rb.run(make, apply=args.apply, who=who, progress=_progress))
@@ -237,8 +251,8 @@ def _users_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--users-csv", metavar="FILE", type=Path, help="CSV file with a username column")
     p.add_argument("--users-from-alert", metavar="ALERTNAME",
                    help="the users (username label) of that alert, active in Alertmanager")
-    p.add_argument("--alertmanager", metavar="URL", help="Alertmanager for --users-from-alert "
-                   "(default: the monitoring role's)")
+    p.add_argument("--alertmanager", metavar="URL", help="Alertmanager for --users-from-alert and "
+                   "--school-from-alert (default: the monitoring role's)")
 
 
 def _why_options(p: argparse.ArgumentParser, *, required: bool = True) -> None:
@@ -275,9 +289,14 @@ def register(areas: argparse._SubParsersAction) -> None:
                "  moodleops incident suspend --school ifms_lot --hide-category --reason 'phishing' --ticket SUP-7\n"
                "  moodleops incident suspend --users abc1234d,xyz9876q --reason 'leak' --ticket SUP-8 --apply\n"
                "  moodleops incident suspend --users-csv list.csv --reason 'breach' --ticket SUP-9 --apply\n"
+               "  moodleops incident suspend --school-from-alert MoodleFailedLoginBurst --reason 'failed-login "
+               "burst' --ticket SUP-11\n"
                "  moodleops incident suspend --platform --message 'Maintenance de sécurité' "
                "--reason 'flaw' --ticket SUP-10 --apply\n\n" + EXIT)
     p.add_argument("--school", metavar="CODE", action="append", help="a school code of schools.yml (repeatable)")
+    p.add_argument("--school-from-alert", metavar="ALERTNAME",
+                   help="the schools (school label) of that alert, active in Alertmanager "
+                        "(e.g. MoodleFailedLoginBurst)")
     _users_options(p)
     p.add_argument("--platform", action="store_true", help="the whole platform: CLI maintenance mode")
     p.add_argument("--hide-category", action="store_true", help="also hide the school's course category")

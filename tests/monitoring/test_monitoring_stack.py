@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import requests
+from prom_loopback import wait_for
 
 from moodleops.inventory import Inventory
 from moodleops.platform.ansible import PlaybookResult
@@ -25,24 +26,6 @@ def mon(local_inventory: Inventory, provisioned: PlaybookResult | None) -> dict[
     host = s["monitoring_listen_address"]
     return {"settings": s, **{name: f"http://{host}:{int(s[f'monitoring_{name}_port'])}"
                               for name in ("exporter", "prometheus", "alertmanager", "node_exporter")}}
-
-
-def promql(base: str, query: str) -> list[dict[str, Any]]:
-    got = requests.get(f"{base}/api/v1/query", params={"query": query}, timeout=5).json()
-    assert got["status"] == "success", got
-    return list(got["data"]["result"])
-
-
-def wait_for(base: str, query: str, timeout_s: float = 60) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            result = promql(base, query)
-        except requests.RequestException:
-            result = []
-        if result or time.monotonic() > deadline:
-            return result
-        time.sleep(1)
 
 
 def test_prometheus_scrapes_the_exporter_per_school(mon: dict[str, Any], local_inventory: Inventory) -> None:

@@ -10,16 +10,13 @@ import json
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 import yaml
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models.dashboard import Dashboard as DashboardModel
@@ -27,16 +24,16 @@ from moodleops.exporters import dashboard
 from moodleops.exporters.alerting import Delivery, alertmanager_config
 from moodleops.exporters.watch_exporter import PinTracker
 from moodleops.exporters.watch_read import source_class
+from prom_loopback import free_port, post_alerts
 
 from moodleops import REPO_ROOT
-from moodleops.incident.alert_scope import users_of_alert
+from moodleops.incident.alert_scope import schools_of_alert, users_of_alert
 from moodleops.incident.errors import IncidentError
 from moodleops.inventory import Inventory, InventoryError, load_inventory
 
 RULES = REPO_ROOT / "exporters" / "rules"
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
 AMTOOL = shutil.which("amtool") or "/usr/bin/amtool"
-ALERTMANAGER = "/usr/bin/prometheus-alertmanager"
 
 
 def edit_yaml(path: Path, change: Any) -> None:
@@ -83,7 +80,7 @@ def test_every_alert_names_its_runbook_with_the_real_cli_verbs() -> None:
         args = build_parser().parse_args(argv)
         assert args.area == "incident", cmd
     assert "messaging suspend" in by_name["MoodleMassMailingByUser"]
-    assert "incident suspend --school" in by_name["MoodleFailedLoginBurst"]
+    assert "incident suspend --school-from-alert MoodleFailedLoginBurst" in by_name["MoodleFailedLoginBurst"]
 
 
 def test_security_alerts_reach_sysadmins_and_the_school_referents(local_inventory: Inventory,
@@ -169,51 +166,15 @@ def test_inventory_watch_section_is_validated(tmp_path: Path) -> None:
         shutil.copy(REPO_ROOT / "inventory" / "platform.yml", root / "platform.yml")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture
-def alertmanager(local_inventory: Inventory, tmp_path: Path) -> Iterator[str]:
-    """A real Alertmanager on loopback, delivering nowhere (a closed loopback port)."""
-    cfg = alertmanager_config(local_inventory, ["sysadmins@example.invalid"],
-                              Delivery(webhook_base=f"http://127.0.0.1:{_free_port()}"), group_wait="1s")
-    (tmp_path / "am.yml").write_text(yaml.safe_dump(cfg))
-    port = _free_port()
-    proc = subprocess.Popen([ALERTMANAGER, f"--config.file={tmp_path / 'am.yml'}",
-                             f"--storage.path={tmp_path / 'am-data'}", f"--web.listen-address=127.0.0.1:{port}",
-                             "--cluster.listen-address="], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(f"{base}/-/ready", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                time.sleep(0.3)
-        yield base
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
-def post_alerts(base: str, *labelsets: dict[str, str]) -> None:
-    alerts = [{"labels": labels, "annotations": {"summary": "test"}} for labels in labelsets]
-    assert requests.post(f"{base}/api/v2/alerts", json=alerts, timeout=5).status_code == 200
-
-
 def test_users_of_a_firing_alert_come_from_alertmanager(alertmanager: str) -> None:
     with pytest.raises(IncidentError, match="no active alert"):
         users_of_alert(alertmanager, "MoodleMassMailingByUser")
     post_alerts(alertmanager,
-                {"alertname": "MoodleMassMailingByUser", "scope": "security", "school": "ifms_lot",
-                 "username": "abc1234d"},
-                {"alertname": "MoodleMassMailingByUser", "scope": "security", "school": "ifms_albi",
-                 "username": "xyz9876q"},
-                {"alertname": "MoodleFailedLoginBurst", "scope": "security", "school": "ifms_lot"})
+                {"labels": {"alertname": "MoodleMassMailingByUser", "scope": "security", "school": "ifms_lot",
+                            "username": "abc1234d"}},
+                {"labels": {"alertname": "MoodleMassMailingByUser", "scope": "security", "school": "ifms_albi",
+                            "username": "xyz9876q"}},
+                {"labels": {"alertname": "MoodleFailedLoginBurst", "scope": "security", "school": "ifms_lot"}})
     deadline = time.monotonic() + 10
     while True:
         try:
@@ -230,8 +191,48 @@ def test_users_of_a_firing_alert_come_from_alertmanager(alertmanager: str) -> No
         users_of_alert(alertmanager, 'x"} or {a="')
 
 
+def test_schools_of_a_firing_alert_come_from_alertmanager(alertmanager: str, local_inventory: Inventory) -> None:
+    known = {s.code for s in local_inventory.schools}
+    one, two = local_inventory.schools[0].code, local_inventory.schools[1].code
+    with pytest.raises(IncidentError, match="--school-from-alert MoodleFailedLoginBurst: no active alert"):
+        schools_of_alert(alertmanager, "MoodleFailedLoginBurst", known)
+    burst = {"alertname": "MoodleFailedLoginBurst", "scope": "security"}
+    # Failed logins for usernames Moodle does not have: school label "unknown", never a scope.
+    post_alerts(alertmanager, {"labels": {**burst, "school": "unknown"}})
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            schools_of_alert(alertmanager, "MoodleFailedLoginBurst", known)
+        except IncidentError as exc:
+            if "only for unknown" in str(exc) or time.monotonic() > deadline:
+                assert "only for unknown (no school to suspend)" in str(exc)
+                break
+        time.sleep(0.3)
+    post_alerts(alertmanager, {"labels": {**burst, "school": two}}, {"labels": {**burst, "school": one}},
+                {"labels": {"alertname": "MoodleMassMailingByUser", "scope": "security", "school": "ifsi_x",
+                            "username": "abc1234d"}})
+    deadline = time.monotonic() + 10
+    while (got := schools_of_alert(alertmanager, "MoodleFailedLoginBurst", known))[0] != sorted([one, two]):
+        assert time.monotonic() < deadline, got
+        time.sleep(0.3)
+    assert got == (sorted([one, two]), ["unknown"])
+    # A school label this inventory does not know: refused, not silently dropped.
+    post_alerts(alertmanager, {"labels": {**burst, "school": "not_a_school_here"}})
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            schools_of_alert(alertmanager, "MoodleFailedLoginBurst", known)
+        except IncidentError as exc:
+            assert "not_a_school_here is not a school of this inventory" in str(exc)
+            break
+        assert time.monotonic() < deadline, "the unknown school label was accepted"
+        time.sleep(0.3)
+    with pytest.raises(IncidentError, match="--school-from-alert 'a b': not an alert name"):
+        schools_of_alert(alertmanager, "a b", known)
+
+
 def test_an_unreachable_alertmanager_is_one_clear_line(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     out = subprocess.run([sys.executable, "-m", "moodleops.cli", "incident", "messaging", "suspend",
                           "--users-from-alert", "MoodleMassMailingByUser", "--alertmanager",
                           f"http://127.0.0.1:{port}", "--reason", "test", "--ticket", "T-1", "--journal-copy", "-"],

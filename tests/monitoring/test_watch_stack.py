@@ -6,10 +6,9 @@ parses and returns series in the stack's own Prometheus."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import re
-import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -24,11 +23,11 @@ import pytest
 import requests
 import yaml
 from moodleops.exporters import dashboard
-from moodleops.exporters.alerting import Delivery, alertmanager_config
 from moodleops.exporters.storage_model import SchoolSpec
 from moodleops.exporters.watch_config import thresholds, watch_config
 from moodleops.exporters.watch_exporter import WatchExporter
 from moodleops.exporters.watch_model import WatchConfig
+from prom_loopback import promql, running_prometheus, wait_for
 
 from moodleops import REPO_ROOT
 from moodleops.inventory import Inventory
@@ -40,14 +39,10 @@ from moodleops.site import Site
 pytestmark = pytest.mark.stack
 FIXTURE = Path(__file__).with_name("fixture_watch.php")
 RULES = REPO_ROOT / "exporters" / "rules" / "moodle.yml"
-PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
-ALERTMANAGER = "/usr/bin/prometheus-alertmanager"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+# The test Prometheus evaluates moodle.yml's own expressions with this `for:` for the
+# mass-mailing alert, so that it goes from pending to firing within the test; production
+# keeps the file's (2m), checked by promtool in test_watch_rules.py.
+MASS_MAILING_FOR = "5s"
 
 
 @dataclass
@@ -99,47 +94,27 @@ def exporter(cfg: WatchConfig, local_inventory: Inventory) -> Iterator[tuple[Wat
         server.shutdown()   # type: ignore[attr-defined]
 
 
+def rules_for_test() -> dict[str, Any]:
+    """moodle.yml as committed, but the mass-mailing alert's `for:` shortened."""
+    doc = copy.deepcopy(yaml.safe_load(RULES.read_text()))
+    rule = next(r for g in doc["groups"] for r in g["rules"] if r.get("alert") == "MoodleMassMailingByUser")
+    assert rule["for"] == "2m", "production `for:` changed: update docs/watch.md and this test"
+    rule["for"] = MASS_MAILING_FOR
+    return doc
+
+
 @pytest.fixture(scope="module")
-def prom(exporter: tuple[WatchExporter, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real Prometheus of the test's own (loopback) scraping the test's exporter, moodle.yml loaded."""
-    tmp = tmp_path_factory.mktemp("prom")
-    shutil.copy(RULES, tmp / "moodle.yml")
-    (tmp / "prometheus.yml").write_text(yaml.safe_dump({
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "rule_files": ["moodle.yml"],
-        "scrape_configs": [{"job_name": "moodle_watch", "static_configs": [{"targets": [exporter[1]]}]}]}))
-    port = free_port()
-    proc = subprocess.Popen([PROMETHEUS, f"--config.file={tmp / 'prometheus.yml'}",
-                             f"--storage.tsdb.path={tmp / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    try:
+def prom(exporter: tuple[WatchExporter, str], module_alertmanager: str,
+         tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Prometheus of the test's own (loopback) scraping the test's exporter every
+    second, moodle.yml's rules evaluated every second, alerts sent to a real Alertmanager."""
+    config = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+              "alerting": {"alertmanagers": [{"static_configs": [
+                  {"targets": [module_alertmanager.removeprefix("http://")]}]}]},
+              "scrape_configs": [{"job_name": "moodle_watch", "static_configs": [{"targets": [exporter[1]]}]}]}
+    with running_prometheus(tmp_path_factory.mktemp("prom"), config, {"moodle.yml": rules_for_test()}) as base:
         assert wait_for(base, 'up{job="moodle_watch"} == 1', 40), "the test Prometheus does not scrape"
         yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
-def promql(base: str, query: str) -> list[dict[str, Any]]:
-    got = requests.get(f"{base}/api/v1/query", params={"query": query}, timeout=5).json()
-    assert got["status"] == "success", (query, got)
-    return list(got["data"]["result"])
-
-
-def wait_for(base: str, query: str, timeout_s: float = 60) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            result = promql(base, query)
-        except requests.RequestException:
-            result = []
-        if result or time.monotonic() > deadline:
-            return result
-        time.sleep(1)
 
 
 def alert_expr(name: str) -> str:
@@ -147,8 +122,15 @@ def alert_expr(name: str) -> str:
     return next(str(r["expr"]) for g in groups for r in g["rules"] if r.get("alert") == name)
 
 
-def test_mass_mailing_through_moodle_matches_the_alert_and_scopes_the_runbook(
-        world: WatchWorld, moodle: MoodleCLI, prom: str, local_inventory: Inventory, tmp_path: Path) -> None:
+def _alert(prom: str, name: str, username: str) -> dict[str, Any] | None:
+    alerts = requests.get(f"{prom}/api/v1/alerts", timeout=5).json()["data"]["alerts"]
+    return next((a for a in alerts if a["labels"]["alertname"] == name and a["labels"].get("username") == username),
+                None)
+
+
+def test_mass_mailing_through_moodle_fires_the_alert_and_scopes_the_runbook(
+        world: WatchWorld, moodle: MoodleCLI, prom: str, module_alertmanager: str,
+        local_inventory: Inventory) -> None:
     threshold = local_inventory.platform.watch.mass_mailing_per_hour
     sent = moodle.tool(str(FIXTURE), timeout=600, payload={
         "action": "send", "from": world.mailer, "to": world.recipient, "count": threshold + 20})
@@ -156,51 +138,42 @@ def test_mass_mailing_through_moodle_matches_the_alert_and_scopes_the_runbook(
     mine = f'moodle_top_sender_messages_sent_1h{{username="{world.mailer}"}}'
     got = wait_for(prom, f"{mine} >= {threshold + 20}", 60)
     assert got and got[0]["metric"]["school"] == world.school.code, got
+    seen = time.monotonic()
     school_total = promql(prom, f'moodle_messages_sent_1h{{school="{world.school.code}",kind="message"}}')
     assert float(school_total[0]["value"][1]) >= threshold + 20
     # The alert's own expression, as written in moodle.yml, selects the mailer and nobody else of the school.
     matched = promql(prom, alert_expr("MoodleMassMailingByUser"))
     ours = [m["metric"] for m in matched if m["metric"].get("school") == world.school.code]
     assert [m["username"] for m in ours] == [world.mailer], matched
-    # And Prometheus evaluates the rule: the alert is pending (its `for:` runs) or firing for the mailer.
-    deadline = time.monotonic() + 30
-    alert: dict[str, Any] | None = None
-    while alert is None and time.monotonic() < deadline:
-        alerts = requests.get(f"{prom}/api/v1/alerts", timeout=5).json()["data"]["alerts"]
-        alert = next((a for a in alerts if a["labels"]["alertname"] == "MoodleMassMailingByUser"
-                      and a["labels"].get("username") == world.mailer), None)
-        time.sleep(1)
-    assert alert is not None and alert["state"] in ("pending", "firing"), alert
+    # Prometheus evaluates the rule: pending, then firing once `for:` has run (5 s here;
+    # scrape and evaluation every second, so within a few seconds more).
+    deadline = seen + 45
+    alert = _alert(prom, "MoodleMassMailingByUser", world.mailer)
+    while (alert is None or alert["state"] != "firing") and time.monotonic() < deadline:
+        time.sleep(0.5)
+        alert = _alert(prom, "MoodleMassMailingByUser", world.mailer)
+    assert alert is not None and alert["state"] == "firing", alert
+    print(f"MoodleMassMailingByUser firing {time.monotonic() - seen:.1f} s after the metric showed "
+          f"(for: {MASS_MAILING_FOR})")
     assert f"--users {world.mailer}" in alert["annotations"]["runbook"]
+    others = [u for u in (world.recipient, world.victim) if _alert(prom, "MoodleMassMailingByUser", u)]
+    assert not others, f"the alert fires for {others} too"
 
-    # That alert, once in Alertmanager, is the scope of the messaging runbook (dry run).
-    am_port = free_port()
-    cfg = alertmanager_config(local_inventory, ["sysadmins@example.invalid"],
-                              Delivery(webhook_base=f"http://127.0.0.1:{free_port()}"), group_wait="1s")
-    (tmp_path / "am.yml").write_text(yaml.safe_dump(cfg))
-    am = subprocess.Popen([ALERTMANAGER, f"--config.file={tmp_path / 'am.yml'}", f"--storage.path={tmp_path / 'am'}",
-                           f"--web.listen-address=127.0.0.1:{am_port}", "--cluster.listen-address="],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    am_url = f"http://127.0.0.1:{am_port}"
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(f"{am_url}/-/ready", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                time.sleep(0.3)
-        posted = requests.post(f"{am_url}/api/v2/alerts", timeout=5,
-                               json=[{"labels": alert["labels"], "annotations": alert["annotations"]}])
-        assert posted.status_code == 200
-        time.sleep(1)
-        out = subprocess.run([sys.executable, "-m", "moodleops.cli", "incident", "messaging", "suspend",
-                              "--users-from-alert", "MoodleMassMailingByUser", "--alertmanager", am_url,
-                              "--reason", "watch test", "--ticket", "T-WATCH", "--journal-copy", "-"],
-                             capture_output=True, text=True, timeout=300, check=False, cwd=REPO_ROOT)
-    finally:
-        am.terminate()
-        am.wait(timeout=10)
+    # Prometheus itself sends the firing alert to Alertmanager, where it scopes the
+    # messaging runbook (dry run).
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        held = requests.get(f"{module_alertmanager}/api/v2/alerts", timeout=5,
+                            params={"filter": 'alertname="MoodleMassMailingByUser"'}).json()
+        if any(a["labels"].get("username") == world.mailer for a in held):
+            break
+        time.sleep(0.5)
+    else:
+        raise AssertionError("the firing alert did not reach Alertmanager")
+    out = subprocess.run([sys.executable, "-m", "moodleops.cli", "incident", "messaging", "suspend",
+                          "--users-from-alert", "MoodleMassMailingByUser", "--alertmanager", module_alertmanager,
+                          "--reason", "watch test", "--ticket", "T-WATCH", "--journal-copy", "-"],
+                         capture_output=True, text=True, timeout=300, check=False, cwd=REPO_ROOT)
     assert out.returncode == 0, out.stdout + out.stderr
     assert world.mailer in out.stdout and world.recipient not in out.stdout, out.stdout
     assert "dry run" in (out.stdout + out.stderr).lower(), out.stdout
@@ -287,45 +260,70 @@ def test_a_stopped_cron_shows_as_lag(exporter: tuple[WatchExporter, str], prom: 
 
 def test_a_scrape_stays_under_50ms_while_reads_run(cfg: WatchConfig, local_inventory: Inventory) -> None:
     """A functional bound, not a benchmark (bench/watch_scrape.py has the percentiles): with
-    a thread running reads back to back (production: one a minute), building a scrape's
-    body never takes 50 ms, and scrapes over HTTP by another process (curl, as Prometheus
-    is) answer within 50 ms; the machine is shared with other jobs, so the HTTP bound is
-    on the 95th percentile and the slowest are reported."""
+    reads of Moodle's tables running back to back (production: one a minute), EVERY scrape
+    over HTTP by another process (curl, as Prometheus is) answers within 50 ms, and most of
+    them overlap a read in progress."""
     ex = WatchExporter(cfg, thresholds(local_inventory), interval_s=3600)
     assert ex.read_once()
     server, _ = ex.serve("127.0.0.1", 0)
     url = f"http://127.0.0.1:{server.server_port}/metrics"   # type: ignore[attr-defined]
     stop = threading.Event()
-    reads = 0
+    reads: list[tuple[float, float]] = []          # successful reads' (start, end), time.monotonic()
+    failed: list[str] = []
 
     def reading() -> None:
-        nonlocal reads
         while not stop.is_set():
-            ex.read_once()
-            reads += 1
+            t0 = time.monotonic()
+            if ex.read_once():
+                reads.append((t0, time.monotonic()))
+            else:
+                failed.append(ex.state().last_error)
 
     reader = threading.Thread(target=reading, daemon=True)
     reader.start()
-    builds: list[float] = []
-    timings: list[float] = []
+    scrapes: list[tuple[float, float, float]] = []   # curl's (start, end) and the GET's time_total
+    body = b""
     try:
-        for _ in range(100):
-            t0 = time.perf_counter()
-            body = ex.exposition()
-            builds.append(time.perf_counter() - t0)
+        while len(scrapes) < 200:
+            t0 = time.monotonic()
             out = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code} %{time_total}", url],
                                  capture_output=True, text=True, timeout=10, check=True).stdout.split()
             assert out[0] == "200", out
-            timings.append(float(out[1]))
+            scrapes.append((t0, time.monotonic(), float(out[1])))
+        body = requests.get(url, timeout=5).content
     finally:
         stop.set()
-        reader.join(30)
+        reader.join(60)
         server.shutdown()   # type: ignore[attr-defined]
-    assert reads >= 3, "the background reads did not run during the scrapes"
+        ex.stop()
     assert b"moodle_cron_lag_seconds" in body
-    slow = [round(t * 1000, 1) for t in sorted(timings)[-5:]]
-    assert max(builds) < 0.050, f"building a scrape took {max(builds) * 1000:.1f} ms ({reads} reads meanwhile)"
-    assert sorted(timings)[94] < 0.050, f"p95 of scrapes over HTTP >= 50 ms; slowest {slow} ms"
+    assert not failed, failed
+    overlapping = sum(1 for t0, t1, _ in scrapes if any(r0 < t1 and t0 < r1 for r0, r1 in reads))
+    worst = max(took for _, _, took in scrapes)
+    print(f"{len(scrapes)} scrapes, {overlapping} during a read ({len(reads)} reads, median "
+          f"{sorted(r1 - r0 for r0, r1 in reads)[len(reads) // 2] * 1000:.0f} ms); slowest scrape "
+          f"{worst * 1000:.1f} ms")
+    assert len(reads) >= 5 and overlapping >= 100, (len(reads), overlapping)
+    slow = sorted(round(took * 1000, 1) for _, _, took in scrapes if took >= 0.050)
+    assert not slow, (f"{len(slow)} of {len(scrapes)} scrapes took 50 ms or more: {slow} ms; the same "
+                      f"server with no read running, just after: {_idle_scrapes(cfg, local_inventory)}")
+
+
+def _idle_scrapes(cfg: WatchConfig, inv: Inventory) -> str:
+    """For the failure message only: the slowest of 100 scrapes with no read at all, so that
+    whoever reads it sees whether the exporter or the machine (other jobs) is slow."""
+    ex = WatchExporter(cfg, thresholds(inv), interval_s=3600)
+    try:
+        assert ex.read_once()
+        server, _ = ex.serve("127.0.0.1", 0)
+        url = f"http://127.0.0.1:{server.server_port}/metrics"   # type: ignore[attr-defined]
+        took = [float(subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{time_total}", url],
+                                     capture_output=True, text=True, timeout=10, check=True).stdout)
+                for _ in range(100)]
+        server.shutdown()   # type: ignore[attr-defined]
+    finally:
+        ex.stop()
+    return f"slowest {max(took) * 1000:.1f} ms, {sum(t >= 0.050 for t in took)} of 100 at 50 ms or more"
 
 
 def test_every_dashboard_query_parses_and_returns_series_in_the_stack_prometheus(
