@@ -27,6 +27,7 @@ from moodleops.exporters.watch_read import source_class
 from prom_loopback import free_port, post_alerts
 
 from moodleops import REPO_ROOT
+from moodleops.errors import ExitStatus
 from moodleops.incident.alert_scope import schools_of_alert, users_of_alert
 from moodleops.incident.errors import IncidentError
 from moodleops.inventory import Inventory, InventoryError, load_inventory
@@ -237,7 +238,7 @@ def test_an_unreachable_alertmanager_is_one_clear_line(tmp_path: Path) -> None:
                           "--users-from-alert", "MoodleMassMailingByUser", "--alertmanager",
                           f"http://127.0.0.1:{port}", "--reason", "test", "--ticket", "T-1", "--journal-copy", "-"],
                          capture_output=True, text=True, timeout=120, check=False, cwd=REPO_ROOT)
-    assert out.returncode == 2, out.stdout + out.stderr
+    assert out.returncode == ExitStatus.DEPENDENCY, out.stdout + out.stderr
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "Alertmanager" in lines[0] and f"127.0.0.1:{port}" in lines[0], out.stderr
     assert "Traceback" not in out.stderr
