@@ -1,13 +1,10 @@
-"""Demonstration 1 of #13, the part that runs today: the platform provisioned
-by site.yml onto the rehearsal's separate hosts over SSH (db1, data1, web1,
-web2, lb1), Moodle answering through lb1 from both web nodes (named in
-X-Served-By), an admin session started on one node continuing on the other,
-cron on exactly one node, and a second run changing nothing.
-
-Not collected by the default run (CI): it costs ~25 min on this machine under
-load and its session, cron and release checks have not passed yet (see
-docs/rehearsal.md). Run it by name:
-    ./ops test tests/rehearsal/platform_demo.py -x -q
+"""Demonstration 1 of #13: the platform provisioned by site.yml onto the
+rehearsal's separate hosts over SSH (db1, data1, web1, web2, lb1, mon1 as a
+moodledata client), Moodle answering through lb1 from both web nodes (named in
+X-Served-By), an admin session started on one node continuing on the other, a
+file uploaded through one node downloading through the other, cron running on
+exactly one node, a second run changing nothing, and --check --diff printing
+no secret. About 20 min on this machine shared with other jobs (docs/rehearsal.md).
 """
 
 from __future__ import annotations
