@@ -168,5 +168,5 @@ def test_check_diff_prints_no_secret(platform: tuple[PlaybookResult, PlaybookRes
     assert check.ok, "\n".join(check.output[-80:])
     assert check.changed.get("web2", 0) >= 1, check.changed
     text = "\n".join(check.output)
-    leaked = [name for name in ("admin_password", "db_password", "db_ro_password") if secret(name) in text]
+    leaked = [name for name in ("admin_password", "db_password", "db_ro_password", "db_replication_password") if secret(name) in text]
     assert not leaked, f"--check --diff printed {leaked}"
