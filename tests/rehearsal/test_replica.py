@@ -1,8 +1,9 @@
 """Demonstration 2 of #13, its first part: db2 becomes a PostgreSQL 15
 streaming replica of db1 through the postgresql role (pg_basebackup over the
 replication protocol, admitted by address), follows the primary's writes, and
-a second run changes nothing. The lag metric and the readers moved to the
-replica are not done yet (docs/rehearsal.md)."""
+exports its state and lag (node-exporter's textfile collector), and a second
+run changes nothing. Prometheus on mon1 scraping it and the readers moved to
+the replica are not done yet (docs/rehearsal.md)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+import requests
 
 from moodleops import REPO_ROOT
 from moodleops.inventory import load_inventory
@@ -75,3 +77,19 @@ def test_a_write_on_the_primary_reaches_the_replica(played: tuple[PlaybookResult
         assert sql("db2", f"select count(*) from pg_database where datname='{name}'") == "1"
     finally:
         sql("db1", f"drop database {name}")
+
+
+def test_the_replica_exports_its_lag(played: tuple[PlaybookResult, PlaybookResult]) -> None:
+    http = requests.Session()
+    http.trust_env = False
+    metrics: dict[str, float] = {}
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        text = http.get(f"http://{SPEC.host('db2').address}:9100/metrics", timeout=10).text
+        metrics = {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
+                   if line.startswith("postgresql_replica_")}
+        if metrics.get("postgresql_replica_streaming") == 1:
+            break
+        time.sleep(3)
+    assert metrics.get("postgresql_replica_streaming") == 1, metrics
+    assert 0 <= metrics["postgresql_replica_replay_lag_bytes"] < 64 * 1024 * 1024, metrics
