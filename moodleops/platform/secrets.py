@@ -10,7 +10,7 @@ from pathlib import Path
 
 # Moodle's default password policy wants a digit, a lower and an upper case
 # letter and a symbol; the database passwords only need to be long.
-_NAMES = ("db_password", "db_ro_password", "admin_password")
+_NAMES = ("db_password", "db_ro_password", "db_replication_password", "admin_password")
 
 
 def _admin_password() -> str:

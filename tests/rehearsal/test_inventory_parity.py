@@ -22,6 +22,7 @@ SIZES = {
     "backup_retention", "backup_part_size_mb", "backup_workers",
 }
 SECRETS = {"moodle_db_password", "moodle_db_ro_password", "moodle_admin_password", "moodle_plugin_secrets",
+           "postgresql_replication_password",
            # certificates: UT's PKI in production, self-signed in the rehearsal
            "tls_certificate_path", "tls_certificate_key_path", "tls_certificate_self_signed"}
 # Facts of this machine, not of the platform: the environment's name, no internet
