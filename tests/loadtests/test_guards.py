@@ -153,8 +153,12 @@ def test_quiz_page_timers_run_in_compressed_time() -> None:
     flows.sesskey = "abc"
     html = ('<form action="/mod/quiz/processattempt.php"><input type="hidden" name="attempt" value="7">'
             '<input type="hidden" name="slots" value="1"><input type="radio" name="q1:1_answer" value="1"></form>'
-            '<script>M.mod_quiz.autosave.init(60);require([\'core/network\'], function(amd) '
-            '{amd.keepalive(40, 0, "sessionerroruser", "error");});</script>')
+            # As Moodle 4.1 renders them (js_writer::function_call, js_call_amd): the autosave
+            # period is get_config()'s string, json-encoded with its quotes.
+            '<script>Y.use("moodle-mod_quiz-autosave",function() {M.mod_quiz.autosave.init("60");\n});'
+            "M.util.js_pending('core/network'); require(['core/network'], function(amd) "
+            '{amd.keepalive(40, 0, "sessionerroruser", "error"); M.util.js_complete(\'core/network\');});'
+            '</script>')
     form = find_form(html, action_contains="processattempt.php", has_field="slots")
     flows._dwell_on_question(30.0, form, html)          # 300 model seconds on the question
     assert clock[0] == pytest.approx(30.0)
