@@ -124,7 +124,6 @@ def test_an_unknown_host_key_is_refused_in_one_line(sshd: SshOptions, tmp_path: 
 
 
 @pytest.mark.stack
-@pytest.mark.unverified   # failed on merged main (2026-12-02); never seen passing end to end
 def test_a_run_with_two_workers_started_over_ssh(sshd: SshOptions, site: Site, local_inventory: Inventory,
                                                  tmp_path: Path, moodle) -> None:
     fxdir = tmp_path / "fixtures"
