@@ -200,8 +200,8 @@ With --workers N and load-generator hosts in the inventory that are not this
 machine, the workers are started there over SSH (same checkout at the same
 path; --ssh-* options).
 
-Writes into the results directory: plan.json, locust_stats.csv (+ failures,
-exceptions, history), report.html and summary.json (schema
+Writes into the results directory: plan.json, Locust's CSVs (the summary reads
+locust_stats_final.csv, written as Locust quits), report.html and summary.json (schema
 moodleops-loadtest-summary/1, see docs/loadtests.md), then prints the verdict.
 
 shapes: {", ".join(SHAPES)}""",

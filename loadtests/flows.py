@@ -39,8 +39,12 @@ FORM_ERROR = re.compile(r'id="id_error_[^"]*"[^>]*>\s*([^<\s][^<]*)')
 ASSET = re.compile(r'(?:href|src)="([^"]*/(?:theme/styles\.php|theme/yui_combo\.php|lib/javascript\.php)[^"]*)"')
 # RequireJS base of the page: <base>core/first.js is every (non-lazy) AMD module in one response.
 AMD_BASE = re.compile(r"baseUrl\s*:\s*'([^']*/lib/requirejs\.php/\d+/)'")
-AUTOSAVE_PERIOD = re.compile(r"M\.mod_quiz\.autosave\.init\((?:\[)?\s*(\d+)")
-KEEPALIVE_PERIOD = re.compile(r'amd\.keepalive\((\d+(?:\.\d+)?)')
+# Page timers as Moodle renders them: js_writer::function_call() json-encodes the
+# arguments, and the autosave period is get_config()'s string, so the page says
+# M.mod_quiz.autosave.init("60"); the keep-alive's period (sessiontimeout / 10)
+# is a number. Either may come quoted or not.
+AUTOSAVE_PERIOD = re.compile(r'M\.mod_quiz\.autosave\.init\(\s*\[?\s*"?(\d+)')
+KEEPALIVE_PERIOD = re.compile(r'amd\.keepalive\(\s*"?(\d+(?:\.\d+)?)')
 
 Check = Callable[[Any], str | None]
 

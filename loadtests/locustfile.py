@@ -9,16 +9,23 @@ requests.csv in the working directory (the results directory) of the process
 that holds the statistics: a local run writes it directly, workers send their
 requests to the master once a second. The summary computes the warm-up-free
 and peak-window figures from it; Locust's own CSV only has whole-run figures.
+
+Locust rewrites <prefix>_stats.csv once a second while it runs and not at its
+exit, so the requests of the last second (an exam's last submits, made while
+the shape stops) are missing from it. The process holding the statistics
+writes them once more, complete, into <prefix>_stats_final.csv as it quits.
 """
 
 from __future__ import annotations
 
+import csv
 import time
 from typing import Any
 
 import gevent
 from locust import events
 from locust.runners import MasterRunner, WorkerRunner
+from locust.stats import PERCENTILES_TO_REPORT, StatsCSV
 from moodleops.loadtests.shapes import SHAPE_CLASSES
 from moodleops.loadtests.timeline import load_plan
 from moodleops.loadtests.users import (  # noqa: F401  (Locust discovers them here)
@@ -32,6 +39,7 @@ from moodleops.loadtests.users import (  # noqa: F401  (Locust discovers them he
 
 Shape = SHAPE_CLASSES[load_plan()["timeline"]["shape"]]
 REQUESTS_CSV = "requests.csv"
+FINAL_STATS_SUFFIX = "_stats_final.csv"
 MESSAGE = "moodleops_requests"
 
 
@@ -78,3 +86,17 @@ def _record_requests(environment: Any, **_kw: Any) -> None:
         events.request.add_listener(
             lambda name, response_time, exception=None, start_time=None, **_: write(
                 [_row(start_time, name, response_time, exception)]))
+
+
+@events.init.add_listener
+def _final_stats_at_exit(environment: Any, **_kw: Any) -> None:
+    prefix = getattr(environment.parsed_options, "csv_prefix", None)
+    if not prefix or isinstance(environment.runner, WorkerRunner):
+        return
+
+    def write_final(**_: Any) -> None:
+        # `quit` fires once the runner has stopped (workers' last reports in), before Locust exits.
+        with open(prefix + FINAL_STATS_SUFFIX, "w", newline="", encoding="utf-8") as fh:
+            StatsCSV(environment, PERCENTILES_TO_REPORT).requests_csv(csv.writer(fh))
+
+    events.quit.add_listener(write_final)

@@ -328,7 +328,10 @@ def locust_results(code: int, results_dir: Path) -> tuple[dict[str, PageStats], 
     """Locust's statistics, once its exit status is consistent with them:
     1 means "some request failed", so 1 without a failed request, or no
     statistics at all, is Locust's own failure."""
-    stats = results_dir / "locust_stats.csv"
+    # The statistics Locust's process wrote as it quit (locustfile.py): the
+    # periodic locust_stats.csv lacks the last second's requests, so it is not
+    # read even when present.
+    stats = results_dir / "locust_stats_final.csv"
     log = results_dir / "locust.log"
     if not stats.is_file():
         tail = _tail(log)

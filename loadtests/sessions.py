@@ -171,6 +171,15 @@ def session_think_scale(shape: str, compression: float, think_scale: float) -> f
     return think_scale / max(1.0, compression)
 
 
+def paced_question_s(wanted_s: float, now: float, answer_by: float, questions_left: int) -> float:
+    """Time a taker spends on the next question: what they want, but no more
+    than their share of what is left before `answer_by` (the exam's time
+    limit less the submit window). A slow start (a login queued behind the
+    synchronised ones) is made up on the questions, as a person watching the
+    quiz timer does, instead of running past the end of the exam."""
+    return max(0.0, min(wanted_s, (answer_by - now) / max(1, questions_left)))
+
+
 # -- the mix a run should show ---------------------------------------------------
 
 def session_expectation(kind: str, actions: dict[str, float], questions: int) -> tuple[Counter[str], float]:
@@ -266,6 +275,8 @@ def simulate(plan: SimPlan, *, response_s: float = 0.05, seed: int = 1) -> list[
         """Yields pages (str) and pauses (float seconds)."""
         script = SCRIPTS[kind]
         draw = draws[kind]
+        answer_by = started + plan.exam_taking_s - plan.exam_submit_window_s
+        questions_left = plan.questions
         for think_first, flow in session_flows(kind, plan.actions, rng):
             if think_first:
                 yield draw()
@@ -274,7 +285,12 @@ def simulate(plan: SimPlan, *, response_s: float = 0.05, seed: int = 1) -> list[
                     if script.internal_think:
                         yield draw()
                 elif item == QTHINK:
-                    yield (rng.uniform(0.5, 1.5) * plan.exam_question_s) if kind == "ExamStudentUser" else draw()
+                    if kind == "ExamStudentUser":
+                        wanted = rng.uniform(0.5, 1.5) * plan.exam_question_s
+                        yield paced_question_s(wanted, now[0], answer_by, questions_left)
+                        questions_left -= 1
+                    else:
+                        yield draw()
                 elif item == SUBMIT_WAIT:
                     if kind == "ExamStudentUser":
                         end = started + plan.exam_taking_s - rng.uniform(0, plan.exam_submit_window_s)

@@ -16,7 +16,14 @@ from locust import FastHttpUser, task
 from locust.exception import StopUser
 from moodleops.loadtests.flows import Account, Browser, Fixture, FlowAborted, MoodleFlows
 from moodleops.loadtests.model import FileSizes
-from moodleops.loadtests.sessions import ROLE_OF, SCRIPTS, session_flows, think_role, think_sampler
+from moodleops.loadtests.sessions import (
+    ROLE_OF,
+    SCRIPTS,
+    paced_question_s,
+    session_flows,
+    think_role,
+    think_sampler,
+)
 from moodleops.loadtests.timeline import load_plan
 
 PLAN: dict[str, Any] = load_plan()
@@ -175,14 +182,22 @@ class ExamStudentUser(MoodleUser):
         exam = PLAN["exam"]
         per_question = float(exam["think_per_question_s"])
         started = time.monotonic()
+        taking_s, submit_window_s = float(exam["taking_s"]), float(exam["submit_window_s"])
+        left = [flows.fx.quiz_questions]
+
+        def question_s() -> float:
+            # Within this taker's time limit, however late the lead-in made them.
+            s = paced_question_s(random.uniform(0.5, 1.5) * per_question, time.monotonic(),
+                                 started + taking_s - submit_window_s, left[0])
+            left[0] -= 1
+            return s
 
         def wait_for_end() -> None:
             # Submit within the last submit window of this taker's exam time.
-            end = started + float(exam["taking_s"]) - random.uniform(0, float(exam["submit_window_s"]))
+            end = started + taking_s - random.uniform(0, submit_window_s)
             gevent.sleep(max(0.0, end - time.monotonic()))
 
-        return {"quiz_attempt": lambda: flows.quiz_attempt(lambda: random.uniform(0.5, 1.5) * per_question,
-                                                           before_submit=wait_for_end)}
+        return {"quiz_attempt": lambda: flows.quiz_attempt(question_s, before_submit=wait_for_end)}
 
 
 class DeadlineStudentUser(MoodleUser):

@@ -153,8 +153,12 @@ def test_quiz_page_timers_run_in_compressed_time() -> None:
     flows.sesskey = "abc"
     html = ('<form action="/mod/quiz/processattempt.php"><input type="hidden" name="attempt" value="7">'
             '<input type="hidden" name="slots" value="1"><input type="radio" name="q1:1_answer" value="1"></form>'
-            '<script>M.mod_quiz.autosave.init(60);require([\'core/network\'], function(amd) '
-            '{amd.keepalive(40, 0, "sessionerroruser", "error");});</script>')
+            # As Moodle 4.1 renders them (js_writer::function_call, js_call_amd): the autosave
+            # period is get_config()'s string, json-encoded with its quotes.
+            '<script>Y.use("moodle-mod_quiz-autosave",function() {M.mod_quiz.autosave.init("60");\n});'
+            "M.util.js_pending('core/network'); require(['core/network'], function(amd) "
+            '{amd.keepalive(40, 0, "sessionerroruser", "error"); M.util.js_complete(\'core/network\');});'
+            '</script>')
     form = find_form(html, action_contains="processattempt.php", has_field="slots")
     flows._dwell_on_question(30.0, form, html)          # 300 model seconds on the question
     assert clock[0] == pytest.approx(30.0)
@@ -181,3 +185,23 @@ def test_locusts_own_failure_is_not_a_verdict(tmp_path: Path, local_inventory) -
     assert code != 0
     with pytest.raises(LocustFailed, match=f"locust exited with status {code} and wrote no statistics: .*KeyError"):
         locust_results(code, tmp_path)
+
+
+def test_a_late_exam_taker_still_answers_within_the_time_limit() -> None:
+    """A taker whose login queued behind the synchronised ones (9 s late, 10 s
+    left for 3 questions they would each give 9 s) makes it up on the
+    questions and is done by the start of the submit window; one on time
+    takes the time they want."""
+    from moodleops.loadtests.sessions import paced_question_s
+
+    def answer(start: float, wanted: list[float], answer_by: float) -> list[float]:
+        t, spent = start, []
+        for left, w in zip(range(len(wanted), 0, -1), wanted, strict=True):
+            spent.append(paced_question_s(w, t, answer_by, left))
+            t += spent[-1]
+        return spent
+
+    late = answer(9.0, [9.0, 9.0, 9.0], 19.0)
+    assert sum(late) == pytest.approx(10.0) and all(s > 0 for s in late)
+    assert answer(1.0, [3.0, 5.0, 4.0], 19.0) == [3.0, 5.0, 4.0]
+    assert answer(25.0, [3.0], 19.0) == [0.0]            # past the limit: straight to the submit
