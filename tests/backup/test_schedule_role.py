@@ -57,10 +57,10 @@ def test_site_installs_the_supervised_scheduler_which_runs_a_job_at_its_time(
 
     check = run_playbook(inv, "site.yml", [*args, "--check"], echo=False)
     assert check.ok, "\n".join(check.output[-40:])
-    assert check.changed_total > 0 and not CONF.exists() and not lib.exists() and not mdir.exists()
+    assert check.total_changed > 0 and not CONF.exists() and not lib.exists() and not mdir.exists()
     # The secret never reaches the output.
     first = run_playbook(inv, "site.yml", args, echo=False)
-    assert first.ok and first.changed_total > 0, "\n".join(first.output[-40:])
+    assert first.ok and first.total_changed > 0, "\n".join(first.output[-40:])
     assert "moodleops-test" not in "\n".join(check.output + first.output)
     assert (tmp_path / "etc" / "backup-jobs.env").stat().st_mode & 0o077 == 0
     assert "RUNNING" in supervisorctl("status", "moodleops-backup-scheduler")
@@ -68,9 +68,9 @@ def test_site_installs_the_supervised_scheduler_which_runs_a_job_at_its_time(
     assert "moodleops_job_scheduled_timestamp_seconds" in m and "moodleops_job_last_attempt_timestamp_seconds" not in m
 
     again = run_playbook(inv, "site.yml", args, echo=False)
-    assert again.ok and again.changed_total == 0, "\n".join(line for line in again.output if "changed:" in line)
+    assert again.ok and again.total_changed == 0, "\n".join(line for line in again.output if "changed:" in line)
     recheck = run_playbook(inv, "site.yml", [*args, "--check"], echo=False)
-    assert recheck.ok and recheck.changed_total == 0, "\n".join(recheck.output[-40:])
+    assert recheck.ok and recheck.total_changed == 0, "\n".join(recheck.output[-40:])
 
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
