@@ -19,6 +19,7 @@ def validate(env: str, root: Path | None = None) -> Inventory:
     """The inventory of `env`, with every area's file checked; InventoryError otherwise."""
     # Imported here: these area modules import moodleops.inventory themselves.
     from moodleops.backup.config import backup_config
+    from moodleops.backup.schedule import schedule_config
     from moodleops.capacity.config import load_params
     from moodleops.loadtests.model import load_model
 
@@ -26,4 +27,5 @@ def validate(env: str, root: Path | None = None) -> Inventory:
     load_params(inv)
     load_model(inv)
     backup_config(inv)
+    schedule_config(inv)
     return inv

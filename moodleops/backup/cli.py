@@ -10,7 +10,7 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
-from moodleops.backup import export_mail, manifest, markers, restore, retention, sealing
+from moodleops.backup import export_mail, manifest, markers, restore, retention, schedule_cli, sealing
 from moodleops.backup.config import BackupConfig, backup_config
 from moodleops.backup.index import BlobIndex
 from moodleops.backup.platform_backup import backup_lock, report_json, run_backup, work_dir
@@ -436,3 +436,6 @@ def register(areas: argparse._SubParsersAction) -> None:
     p.add_argument("--as-of", metavar="DATE", help="report as of this date (default: today)")
     _fmt(p)
     p.set_defaults(run=cmd_export_status)
+
+    # The scheduled jobs (systemd timers, the supervised scheduler): moodleops.backup.schedule_cli.
+    schedule_cli.register(commands)
