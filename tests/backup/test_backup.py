@@ -9,9 +9,7 @@ import gzip
 import hashlib
 import json
 import os
-import socket
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,14 +19,13 @@ from email import message_from_bytes
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 import requests
 import yaml
-from aiosmtpd.controller import Controller
 from beside_stack import SHARED, psql
 from cryptography.fernet import Fernet
 from restoretest_stack import DB, Rehearsal, build_inventory, provision, remove_rehearsal
+from s3_smtp_loopback import Inbox, moto_s3, smtp_relay
 
 from moodleops.backup import manifest, retention, sealing
 from moodleops.backup.blobs import scan_filedir
@@ -54,58 +51,19 @@ BUCKET = "moodleops-backup-test"
 KEY = Fernet.generate_key().decode()          # the manifest key: in the environment, never in the bucket
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+
 
 
 @pytest.fixture(scope="module")
 def moto_url() -> Iterator[str]:
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    mp = pytest.MonkeyPatch()
-    mp.setenv("AWS_ACCESS_KEY_ID", "moodleops-test")
-    mp.setenv("AWS_SECRET_ACCESS_KEY", "moodleops-test")
-    mp.delenv("AWS_PROFILE", raising=False)
-    try:
-        for _ in range(300):      # a busy machine: moto may take a while to answer
-            try:
-                requests.get(url, timeout=2)
-                break
-            except requests.RequestException:
-                time.sleep(0.2)
-        boto3.client("s3", endpoint_url=url, region_name="eu-west-3").create_bucket(
-            Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": "eu-west-3"})
+    with moto_s3(BUCKET) as url:
         yield url
-    finally:
-        mp.undo()
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
-class Inbox:
-    """aiosmtpd handler keeping every envelope the loopback relay accepted."""
-
-    def __init__(self) -> None:
-        self.received: list[Any] = []
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        self.received.append(envelope)
-        return "250 OK"
 
 
 @pytest.fixture(scope="module")
 def smtp() -> Iterator[tuple[int, Inbox]]:
-    inbox, port = Inbox(), _free_port()
-    ctl = Controller(inbox, hostname="127.0.0.1", port=port)
-    ctl.start()
-    try:
-        yield port, inbox
-    finally:
-        ctl.stop()
+    with smtp_relay() as relay:
+        yield relay
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,11 +19,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 import requests
 import yaml
+from prom_loopback import free_port
 from prometheus_client.parser import text_string_to_metric_families
+from s3_smtp_loopback import moto_s3, wait_http
 
 from moodleops import REPO_ROOT
 from moodleops.backup import schedule
@@ -37,42 +37,16 @@ PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
 NODE_EXPORTER = shutil.which("prometheus-node-exporter") or "/usr/bin/prometheus-node-exporter"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
-def _wait_http(url: str) -> None:
-    for _ in range(300):      # a busy machine: the server may take a while to answer
-        try:
-            requests.get(url, timeout=2)
-            return
-        except requests.RequestException:
-            time.sleep(0.2)
-    raise RuntimeError(f"{url} never answered")
+
+
 
 
 @pytest.fixture(scope="module")
 def moto_url() -> Iterator[str]:
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    mp = pytest.MonkeyPatch()
-    mp.setenv("AWS_ACCESS_KEY_ID", "moodleops-test")
-    mp.setenv("AWS_SECRET_ACCESS_KEY", "moodleops-test")
-    mp.delenv("AWS_PROFILE", raising=False)
-    mp.delenv("MOODLEOPS_BACKUP_S3_ENDPOINT_URL", raising=False)
-    try:
-        _wait_http(url)
-        boto3.client("s3", endpoint_url=url, region_name="eu-west-3").create_bucket(
-            Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": "eu-west-3"})
+    with moto_s3(BUCKET) as url:
         yield url
-    finally:
-        mp.undo()
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def make_env(root: Path, endpoint: str, **overrides: Any) -> Path:
@@ -142,12 +116,12 @@ def test_a_successful_run_is_recorded_and_node_exporter_serves_it(tmp_path: Path
     assert m["moodleops_job_last_exit_status"] in (0, 1)
     assert m["moodleops_job_late_after_seconds"] == 50 * 3600
     # A real node-exporter's textfile collector serves exactly these, with the `task` label intact.
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([NODE_EXPORTER, f"--web.listen-address=127.0.0.1:{port}", "--collector.disable-defaults",
                              "--collector.textfile", f"--collector.textfile.directory={mdir}"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        _wait_http(f"http://127.0.0.1:{port}/metrics")
+        wait_http(f"http://127.0.0.1:{port}/metrics")
         body = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
     finally:
         proc.terminate()
@@ -160,7 +134,7 @@ def test_a_successful_run_is_recorded_and_node_exporter_serves_it(tmp_path: Path
 
 def test_a_failing_run_is_a_failure_then_a_success_clears_it(tmp_path: Path, moto_url: str,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
-    closed = f"http://127.0.0.1:{_free_port()}"       # nothing listens there
+    closed = f"http://127.0.0.1:{free_port()}"       # nothing listens there
     env = make_env(tmp_path / "down", closed)
     mdir = tmp_path / "textfile"
     status = main(["--inventory", str(env), "backup", "scheduled-run", "prune", "--metrics-dir", str(mdir)])

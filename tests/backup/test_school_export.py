@@ -12,24 +12,20 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from email import message_from_bytes
-from email.message import Message
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import boto3
 import pytest
 import requests
 import yaml
-from aiosmtpd.controller import Controller
+from prom_loopback import free_port
+from s3_smtp_loopback import Inbox, moto_s3, smtp_relay
 
 from moodleops import REPO_ROOT
 from moodleops.backup.config import backup_config
@@ -51,60 +47,19 @@ SCHOOL = "ifsi_millau"
 MiB = 1024 * 1024
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+
 
 
 @pytest.fixture(scope="module")
 def moto_url() -> Iterator[str]:
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    mp = pytest.MonkeyPatch()
-    mp.setenv("AWS_ACCESS_KEY_ID", "moodleops-test")
-    mp.setenv("AWS_SECRET_ACCESS_KEY", "moodleops-test")
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_CREDENTIAL_EXPIRATION", "MOODLEOPS_BACKUP_S3_ENDPOINT_URL"):
-        mp.delenv(name, raising=False)
-    try:
-        for _ in range(300):      # a busy machine: moto may take a while to answer
-            try:
-                requests.get(url, timeout=2)
-                break
-            except requests.RequestException:
-                time.sleep(0.2)
-        boto3.client("s3", endpoint_url=url, region_name="eu-west-3").create_bucket(
-            Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": "eu-west-3"})
+    with moto_s3(BUCKET) as url:
         yield url
-    finally:
-        mp.undo()
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
-class Inbox:
-    """aiosmtpd handler: every message the server accepted, with its envelope."""
-
-    def __init__(self) -> None:
-        self.received: list[tuple[str, list[str], Message]] = []
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        self.received.append((envelope.mail_from, list(envelope.rcpt_tos), message_from_bytes(envelope.content)))
-        return "250 OK"
 
 
 @pytest.fixture()
 def smtp() -> Iterator[tuple[int, Inbox]]:
-    inbox = Inbox()
-    port = _free_port()
-    ctl = Controller(inbox, hostname="127.0.0.1", port=port)
-    ctl.start()
-    try:
-        yield port, inbox
-    finally:
-        ctl.stop()
+    with smtp_relay() as relay:
+        yield relay
 
 
 @dataclass
@@ -328,7 +283,7 @@ def test_links_are_mailed_to_the_referents(tmp_path: Path, moto_url: str, smtp: 
     assert _cli(env, monkeypatch, src, "--mail", "--link-hours", "48", "--format", "json") == 0
     rep = json.loads(capsys.readouterr().out)[0]
     assert rep["mailed_to"] == referents and len(inbox.received) == 1
-    mail_from, rcpt, msg = inbox.received[0]
+    mail_from, rcpt, msg = inbox.messages[0]
     assert mail_from == "moodle-exports@example.invalid" and rcpt == referents
     assert msg["To"] == ", ".join(referents) and "IFSI Millau" in msg["Subject"]
     text = msg.get_payload(decode=True).decode()
@@ -345,7 +300,7 @@ def test_smtp_down_is_one_line_exit_4_and_a_rerun_mails_without_uploading(
         tmp_path: Path, moto_url: str, smtp: tuple[int, Inbox], monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
     port, inbox = smtp
-    down = _free_port()               # nothing listens there
+    down = free_port()               # nothing listens there
     env = make_inventory(tmp_path, moto_url, down)
     src = FileCourses(tmp_path, big={101})
     assert _cli(env, monkeypatch, src, "--mail") == 4
@@ -375,7 +330,7 @@ def test_smtp_down_is_one_line_exit_4_and_a_rerun_mails_without_uploading(
     assert rep["exported"] == [] and len(rep["already"]) == 2 and len(src.calls) == 2
     after = {o["Key"]: o["LastModified"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix=prefix)["Contents"]}
     assert after == before, "the rerun must not upload again"
-    assert len(inbox.received) == 1 and all(u in inbox.received[0][2].get_payload(decode=True).decode()
+    assert len(inbox.received) == 1 and all(u in inbox.messages[0][2].get_payload(decode=True).decode()
                                             for u in rep["links"].values())
 
 
