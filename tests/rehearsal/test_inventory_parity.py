@@ -22,7 +22,7 @@ SIZES = {
     "backup_retention", "backup_part_size_mb", "backup_workers",
 }
 SECRETS = {"moodle_db_password", "moodle_db_ro_password", "moodle_admin_password", "moodle_plugin_secrets",
-           "postgresql_replication_password",
+           "postgresql_replication_password", "backup_schedule_environment",
            # certificates: UT's PKI in production, self-signed in the rehearsal
            "tls_certificate_path", "tls_certificate_key_path", "tls_certificate_self_signed"}
 # Facts of this machine, not of the platform: the environment's name, no internet
@@ -36,7 +36,10 @@ REHEARSAL_ONLY = {
     "moodle_artifact_mirror", "moodleops_rehearsal_dir", "ansible_ssh_private_key_file",
     "ansible_ssh_common_args", "moodleops_local_secrets_dir", "moodleops_secrets_dir",
 }
-MAY_DIFFER = ADDRESSES | SIZES | SECRETS | MACHINE
+# Not rehearsed yet, with the issue that brings it: the scheduled backup jobs need
+# the toolkit on the job host, which the rehearsal does not install (#13).
+NOT_YET = {"backup_schedule_runner"}
+MAY_DIFFER = ADDRESSES | SIZES | SECRETS | MACHINE | NOT_YET
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,6 @@ directory, so what is checked is the load balancer, TLS and the nginx vhost."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -17,49 +15,24 @@ from pathlib import Path
 
 import pytest
 import requests
+from rehearsal_run import INV, SPEC, lb1_certificate, on, play, rehearsal_up
 
-from moodleops import REPO_ROOT
-from moodleops.inventory import load_inventory
 from moodleops.platform.ansible import PlaybookResult, run_playbook
-from moodleops.rehearsal import lxc, ssh
-from moodleops.rehearsal.spec import load_rehearsal
 
-INV = load_inventory("rehearsal")
-SPEC = load_rehearsal(INV)
 LB = SPEC.host("lb1")
 PLAY = ["--limit", "lb1,web1,web2", "--tags", "base,php,nginx,haproxy", "-e", "haproxy_health_path=/health.txt"]
 
 
-def moodleops(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "moodleops.cli", *args], capture_output=True, text=True,
-                          timeout=1800, cwd=REPO_ROOT, check=False, stdin=subprocess.DEVNULL)
-
-
-def on(host: str, command: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(ssh.ssh_argv(SPEC, SPEC.host(host), command), capture_output=True, text=True,
-                          timeout=60, check=False)
-
-
 @pytest.fixture(scope="module")
 def lb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[PlaybookResult, Path]]:
-    if lxc.missing_tools():
-        pytest.fail("lxc is not installed: ./ops test installs it (apt-get install lxc debootstrap)")
-    up = moodleops("rehearsal", "up")
-    try:
-        assert up.returncode == 0, up.stdout + up.stderr
-        first = run_playbook(INV, "site.yml", PLAY, echo=False)
-        assert first.ok, "\n".join(first.output[-60:])
+    with rehearsal_up():
+        play(PLAY)
         for node in ("web1", "web2"):
             placed = on(node, "sudo install -d /srv/moodle/current && hostname | sudo tee "
                               "/srv/moodle/current/health.txt")
             assert placed.returncode == 0, placed.stderr
-        # Trust exactly lb1's certificate, read from lb1 over SSH.
-        ca = tmp_path_factory.mktemp("tls") / "lb1.crt"
-        ca.write_text(on("lb1", "cat /etc/ssl/moodleops/moodle.crt").stdout, encoding="utf-8")
-        second = run_playbook(INV, "site.yml", PLAY, echo=False)
-        yield second, ca
-    finally:
-        moodleops("rehearsal", "down")
+        ca = lb1_certificate(tmp_path_factory)
+        yield run_playbook(INV, "site.yml", PLAY, echo=False), ca
 
 
 def _answers(ca: Path, count: int) -> Counter[str]:

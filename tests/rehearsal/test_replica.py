@@ -8,28 +8,18 @@ the replica are not done yet (docs/rehearsal.md)."""
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
 
 import pytest
 import requests
+from rehearsal_run import INV, SPEC, play, rehearsal_up
 
-from moodleops import REPO_ROOT
-from moodleops.inventory import load_inventory
 from moodleops.platform.ansible import PlaybookResult, run_playbook
-from moodleops.rehearsal import lxc, ssh
-from moodleops.rehearsal.spec import load_rehearsal
+from moodleops.rehearsal import ssh
 
-INV = load_inventory("rehearsal")
-SPEC = load_rehearsal(INV)
 PLAY = ["--limit", "db1,db2", "--tags", "base,postgresql"]
-
-
-def moodleops(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "moodleops.cli", *args], capture_output=True, text=True,
-                          timeout=1800, cwd=REPO_ROOT, check=False, stdin=subprocess.DEVNULL)
 
 
 def sql(host: str, query: str) -> str:
@@ -41,17 +31,9 @@ def sql(host: str, query: str) -> str:
 
 @pytest.fixture(scope="module")
 def played() -> Iterator[tuple[PlaybookResult, PlaybookResult]]:
-    if lxc.missing_tools():
-        pytest.fail("lxc is not installed: ./ops test installs it (apt-get install lxc debootstrap)")
-    up = moodleops("rehearsal", "up")
-    try:
-        assert up.returncode == 0, up.stdout + up.stderr
-        first = run_playbook(INV, "site.yml", PLAY, echo=False)
-        assert first.ok, "\n".join(first.output[-60:])
-        second = run_playbook(INV, "site.yml", PLAY, echo=False)
-        yield first, second
-    finally:
-        moodleops("rehearsal", "down")
+    with rehearsal_up():
+        first = play(PLAY)
+        yield first, run_playbook(INV, "site.yml", PLAY, echo=False)
 
 
 def test_second_run_changes_nothing(played: tuple[PlaybookResult, PlaybookResult]) -> None:

@@ -1,0 +1,59 @@
+"""What the rehearsal's test modules share: the rehearsal brought up for a module
+and always brought down, site.yml played on its hosts, commands run on a host
+over SSH, and lb1's certificate to trust."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from moodleops import REPO_ROOT
+from moodleops.inventory import load_inventory
+from moodleops.platform.ansible import PlaybookResult, run_playbook
+from moodleops.rehearsal import lxc, ssh
+from moodleops.rehearsal.spec import load_rehearsal
+
+INV = load_inventory("rehearsal")
+SPEC = load_rehearsal(INV)
+
+
+def moodleops(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "moodleops.cli", *args], capture_output=True, text=True,
+                          timeout=1800, cwd=REPO_ROOT, check=False, stdin=subprocess.DEVNULL)
+
+
+def on(host: str, command: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(ssh.ssh_argv(SPEC, SPEC.host(host), command), input=stdin, capture_output=True,
+                          text=True, timeout=60, check=False)
+
+
+@contextmanager
+def rehearsal_up() -> Iterator[None]:
+    """The rehearsal's hosts for the body; `down` afterwards whatever happened."""
+    if lxc.missing_tools():
+        pytest.fail("lxc is not installed: ./ops test installs it (apt-get install lxc debootstrap)")
+    up = moodleops("rehearsal", "up")
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        yield
+    finally:
+        moodleops("rehearsal", "down")
+
+
+def play(args: list[str], tail: int = 60) -> PlaybookResult:
+    """site.yml on the rehearsal; a failed first run fails the module with its last lines."""
+    result = run_playbook(INV, "site.yml", args, echo=False)
+    assert result.ok, "\n".join(result.output[-tail:])
+    return result
+
+
+def lb1_certificate(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """lb1's self-signed certificate, read from lb1 over SSH: the only one to trust."""
+    ca = tmp_path_factory.mktemp("tls") / "lb1.crt"
+    ca.write_text(on("lb1", "cat /etc/ssl/moodleops/moodle.crt").stdout, encoding="utf-8")
+    return ca
