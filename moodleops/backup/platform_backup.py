@@ -142,13 +142,13 @@ def run_backup(s3: Any, cfg: BackupConfig, inv: Inventory, site: Site, *, fresh:
         state = {"id": bid, "dump": str(rd / "db.dump"), "started": datetime.now(UTC).isoformat(),
                  "probe": {"version": probe["version"], "release": probe["release"],
                            "plugins": {c: p.get("db") for c, p in probe.get("plugins", {}).items()}}}
-        # Before anything is listed: a prune elsewhere now keeps every blob.
-        markers.begin_backup(s3, cfg, bid)
         print(f"backup {bid}: dumping database {site.db_name} ...", file=sys.stderr, flush=True)
         database.dump(site, inv, Path(state["dump"]))
         run_file.write_text(json.dumps(state))
-    else:
-        markers.begin_backup(s3, cfg, state["id"])
+    # Before anything is listed or sent (and after the dump is kept: a bucket that
+    # refuses writes leaves a run that resumes from its dump): a prune elsewhere
+    # now keeps every blob.
+    markers.begin_backup(s3, cfg, state["id"])
     bid = state["id"]
     rd = wd / "runs" / bid
     dump_key = cfg.key("db", f"{bid}.dump")
