@@ -172,22 +172,26 @@ def _messages(cfg: WatchConfig, cur: psycopg.Cursor[Any], members: str, params: 
               r: WatchResult) -> None:
     p = cfg.db.prefix
     # The sender is the event's user (userfrom); Moodle's own noreply/support
-    # users have negative ids and are not anybody's mass mailing.
+    # users have negative ids and are not anybody's mass mailing. A deleted
+    # account's messages still count for the school, but it is nobody's top
+    # sender: it sends no more, and the runbook could not act on it (Moodle
+    # renamed it to email.timestamp).
     cur.execute(f"""
         WITH sent AS (
             SELECT userid, eventname, COUNT(*) AS n FROM {p}logstore_standard_log
              WHERE timecreated >= %(since)s AND eventname = ANY(%(events)s) AND userid > 0
              GROUP BY userid, eventname)
-        SELECT COALESCE(m.code, %(none)s), u.username, s.eventname, s.n
+        SELECT COALESCE(m.code, %(none)s), u.username, u.deleted, s.eventname, s.n
           FROM sent s JOIN {p}user u ON u.id = s.userid
           LEFT JOIN ({members}) m ON m.userid = s.userid""",
                 {**params, "since": int(now) - MESSAGES_WINDOW_S, "events": list(MESSAGE_EVENTS),
                  "none": NO_SCHOOL})
     totals: dict[tuple[str, str], int] = defaultdict(int)
     per_user: dict[tuple[str, str], int] = defaultdict(int)
-    for school, username, event, n in cur.fetchall():
+    for school, username, deleted, event, n in cur.fetchall():
         totals[(str(school), MESSAGE_EVENTS[str(event)])] += int(n)
-        per_user[(str(school), str(username))] += int(n)
+        if not deleted:
+            per_user[(str(school), str(username))] += int(n)
     for s in cfg.schools:
         for kind in MESSAGE_EVENTS.values():
             totals.setdefault((s.code, kind), 0)

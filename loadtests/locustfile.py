@@ -68,8 +68,19 @@ def _record_requests(environment: Any, **_kw: Any) -> None:
                 gevent.sleep(1.0)
                 flush()
 
+        def last_report(**_: Any) -> None:
+            # A worker sends its statistics every 3 s and once more on `quit`, but it
+            # handles `quit` only after its `stop` handler's stop_timeout sleep, past the
+            # master's 0.5 s wait: the last seconds' requests were then missing from the
+            # master's statistics. Sent here, inside `stop` and before `client_stopped`
+            # (same socket, in order), they are in before the master counts the worker
+            # stopped. _send_stats is Locust's own report (reset after sending); Locust
+            # is pinned in requirements.txt.
+            flush()
+            runner._send_stats()
+
         events.request.add_listener(on_request)
-        events.test_stop.add_listener(flush)
+        events.test_stop.add_listener(last_report)
         gevent.spawn(loop)
         return
 

@@ -51,11 +51,12 @@ class WatchWorld:
     mailer: str
     recipient: str
     victim: str
+    ghost: str
     password: str
 
     @property
     def usernames(self) -> list[str]:
-        return [self.mailer, self.recipient, self.victim]
+        return [self.mailer, self.recipient, self.victim, self.ghost]
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +64,8 @@ def world(moodle: MoodleCLI) -> Iterator[WatchWorld]:
     tag = uuid.uuid4().hex[:6]
     w = WatchWorld(school=SchoolSpec(code=f"wt{tag}", category_idnumber=f"WATCH-{tag}",
                                      cohort_idnumber=f"WATCH-{tag}", alert_bytes=1),
-                   mailer=f"wtm{tag}", recipient=f"wtr{tag}", victim=f"wtv{tag}", password=f"Pw-{uuid.uuid4().hex}")
+                   mailer=f"wtm{tag}", recipient=f"wtr{tag}", victim=f"wtv{tag}", ghost=f"wtg{tag}",
+                   password=f"Pw-{uuid.uuid4().hex}")
     try:
         moodle.tool(str(FIXTURE), timeout=300, payload={
             "action": "build", "cohort": w.school.cohort_idnumber,
@@ -132,12 +134,22 @@ def test_mass_mailing_through_moodle_fires_the_alert_and_scopes_the_runbook(
         world: WatchWorld, moodle: MoodleCLI, prom: str, module_alertmanager: str,
         local_inventory: Inventory) -> None:
     threshold = local_inventory.platform.watch.mass_mailing_per_hour
+    # A mass mailer whose account is deleted since (Moodle renames it email.timestamp):
+    # its messages are still in the hour's log, but it is nobody's top sender, so no
+    # alert names an account the runbook cannot act on.
+    ghost = moodle.tool(str(FIXTURE), timeout=600, payload={
+        "action": "send", "from": world.ghost, "to": world.recipient, "count": threshold + 20})
+    assert ghost["sent"] == threshold + 20
+    moodle.tool(str(FIXTURE), timeout=300, payload={"action": "cleanup", "cohort": f"no-such-{world.ghost}",
+                                                        "users": [world.ghost]})
     sent = moodle.tool(str(FIXTURE), timeout=600, payload={
         "action": "send", "from": world.mailer, "to": world.recipient, "count": threshold + 20})
     assert sent["sent"] == threshold + 20
     mine = f'moodle_top_sender_messages_sent_1h{{username="{world.mailer}"}}'
     got = wait_for(prom, f"{mine} >= {threshold + 20}", 60)
     assert got and got[0]["metric"]["school"] == world.school.code, got
+    ghosts = promql(prom, f'moodle_top_sender_messages_sent_1h{{username=~"{world.ghost}.*"}}')
+    assert ghosts == [], ghosts
     seen = time.monotonic()
     school_total = promql(prom, f'moodle_messages_sent_1h{{school="{world.school.code}",kind="message"}}')
     assert float(school_total[0]["value"][1]) >= threshold + 20
