@@ -1,8 +1,7 @@
 <?php
 // Set a local account's password through Moodle (update_internal_user_password),
-// reading it from stdin so that it never appears on a command line:
-// install_database.php insists on --adminpass, so the install runs with a
-// throwaway password and this helper sets the real one right after.
+// reading it from stdin so that it never appears on a command line. Run at
+// every provisioning, so the inventory's password wins over a hand change.
 //   php set_password.php /srv/moodle/current/config.php [--dry-run] < {"username": "admin", "password": "..."}
 // --dry-run (Ansible's check mode): say whether it would change, change nothing.
 // stdout: MOODLEOPS-JSON: {"changed": bool}
