@@ -25,7 +25,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -43,6 +42,8 @@ import pytest
 import requests
 import yaml
 from cryptography.fernet import Fernet
+from loopback_sshd import Sshd, keygen
+from prom_loopback import free_port
 
 from moodleops import REPO_ROOT
 from moodleops.errors import ExitStatus
@@ -50,13 +51,6 @@ from moodleops.errors import ExitStatus
 TAG = "f" + uuid.uuid4().hex[:8]
 BUCKET = "moodleops-fault-matrix"
 PYTHON = sys.executable
-
-
-def free_port() -> int:
-    """A port that was just bound and closed: nothing listens on it."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # -- servers the faults need ------------------------------------------------------------
@@ -144,70 +138,6 @@ def moto(*, auth: bool = False) -> Server:
         proc.terminate()
         proc.wait(timeout=10)
     return Server(url, stop)
-
-
-SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
-
-
-def keygen(path: Path) -> str:
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True,
-                   stdin=subprocess.DEVNULL)
-    return path.with_suffix(".pub").read_text(encoding="ascii").strip()
-
-
-@dataclass
-class Sshd:
-    """An sshd of this module's own on 127.0.0.1 (a free port, generated host key,
-    one authorised client key): the host the SSH rows reach."""
-
-    d: Path
-    port: int
-    host_pub: str
-    key: Path                 # the client key in authorized_keys
-    known_hosts: Path         # [127.0.0.1]:port with the real host key
-    proc: subprocess.Popen[bytes]
-
-    @classmethod
-    def start(cls, d: Path) -> Sshd:
-        if not os.path.exists(SSHD):
-            pytest.fail("sshd is missing: ./ops test installs openssh-server (requirements-test-debian.txt)")
-        d.mkdir(mode=0o700)
-        host_pub = keygen(d / "host_key")
-        client_pub = keygen(d / "client_key")
-        (d / "authorized_keys").write_text(client_pub + "\n", encoding="ascii")
-        port = free_port()
-        (d / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_pub}\n", encoding="ascii")
-        (d / "sshd_config").write_text(f"""\
-Port {port}
-ListenAddress 127.0.0.1
-HostKey {d / 'host_key'}
-AuthorizedKeysFile {d / 'authorized_keys'}
-PidFile {d / 'sshd.pid'}
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-PermitRootLogin prohibit-password
-UsePAM no
-StrictModes no
-MaxStartups 30
-""", encoding="ascii")
-        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)     # sshd's privilege-separation directory
-        with open(d / "sshd.log", "wb") as log:
-            proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(d / "sshd_config")], stderr=log)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    proc.kill()
-                    pytest.fail(f"sshd did not start: {(d / 'sshd.log').read_text(errors='replace')[-400:]}")
-                time.sleep(0.1)
-        return cls(d, port, host_pub, d / "client_key", d / "known_hosts", proc)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
 
 
 def sshd(w: World) -> Sshd:

@@ -6,79 +6,32 @@ all on loopback."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from loopback_sshd import Sshd, keygen
 from moodleops.loadtests import fixture as fx
 from moodleops.loadtests.model import load_model
 from moodleops.loadtests.runner import RunRequest, make_plan, run
 from moodleops.loadtests.ssh import RemoteWorkers, SshOptions, WorkerHostError
+from prom_loopback import free_port
 
 from moodleops.cli import main
 from moodleops.inventory import Host, Inventory, load_inventory
 from moodleops.site import Site
 
-SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 LOOP = Host("gen-loop", "127.0.0.1", ("loadgen",))
 USERS = 4          # smoke weights 3:1 -> three students and a trainer
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _keygen(path: Path) -> str:
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
-    return path.with_suffix(".pub").read_text(encoding="ascii").strip()
-
-
 @pytest.fixture(scope="module")
 def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshOptions]:
-    if not os.path.exists(SSHD):
-        pytest.fail("sshd is missing: ./ops test installs openssh-server (requirements-test-debian.txt)")
-    d = tmp_path_factory.mktemp("sshd")
-    host_pub = _keygen(d / "host_key")
-    client_pub = _keygen(d / "client_key")
-    (d / "authorized_keys").write_text(client_pub + "\n", encoding="ascii")
-    port = _free_port()
-    (d / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_pub}\n", encoding="ascii")
-    (d / "sshd_config").write_text(f"""\
-Port {port}
-ListenAddress 127.0.0.1
-HostKey {d / 'host_key'}
-AuthorizedKeysFile {d / 'authorized_keys'}
-PidFile {d / 'sshd.pid'}
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-PermitRootLogin prohibit-password
-UsePAM no
-StrictModes no
-""", encoding="ascii")
-    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)     # sshd's privilege-separation directory
-    with open(d / "sshd.log", "wb") as log:
-        proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(d / "sshd_config")], stderr=log)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail(f"sshd did not start: {(d / 'sshd.log').read_text(errors='replace')[-400:]}")
-            time.sleep(0.1)
-    yield SshOptions(user="root", port=port, identity=d / "client_key", known_hosts=d / "known_hosts",
-                     remote_dir=str(d / "remote"))
-    proc.terminate()
-    proc.wait(timeout=10)
+    d = Sshd.start(tmp_path_factory.mktemp("sshd"))
+    yield SshOptions(user="root", port=d.port, identity=d.key, known_hosts=d.known_hosts,
+                     remote_dir=str(d.d / "remote"))
+    d.stop()
 
 
 def test_workers_that_do_not_leave_are_killed_over_ssh(sshd: SshOptions, tmp_path: Path) -> None:
@@ -94,7 +47,7 @@ def test_workers_that_do_not_leave_are_killed_over_ssh(sshd: SshOptions, tmp_pat
     plan = tmp_path / "plan.json"
     plan.write_text(json.dumps(make_plan(req, inv, load_model(inv), record)), encoding="utf-8")
     workers = RemoteWorkers([LOOP], sshd)
-    workers.start(plan, 1, "127.0.0.1", _free_port())       # no master there
+    workers.start(plan, 1, "127.0.0.1", free_port())       # no master there
     remote = Path(sshd.remote_dir)
     deadline = time.monotonic() + 10
     while not list(remote.glob("worker-*.pid")) and time.monotonic() < deadline:
@@ -114,13 +67,13 @@ def test_workers_that_do_not_leave_are_killed_over_ssh(sshd: SshOptions, tmp_pat
 
 def test_an_unknown_host_key_is_refused_in_one_line(sshd: SshOptions, tmp_path: Path) -> None:
     other = tmp_path / "known_hosts"
-    other.write_text(f"[127.0.0.1]:{sshd.port} {_keygen(tmp_path / 'other')}\n", encoding="ascii")
+    other.write_text(f"[127.0.0.1]:{sshd.port} {keygen(tmp_path / 'other')}\n", encoding="ascii")
     plan = tmp_path / "plan.json"
     plan.write_text("{}", encoding="utf-8")
     bad = SshOptions(user="root", port=sshd.port, identity=sshd.identity, known_hosts=other,
                      remote_dir=sshd.remote_dir)
     with pytest.raises(WorkerHostError) as caught:
-        RemoteWorkers([LOOP], bad).start(plan, 1, "127.0.0.1", _free_port())
+        RemoteWorkers([LOOP], bad).start(plan, 1, "127.0.0.1", free_port())
     line = caught.value.line()
     assert line.startswith(f"SSH 127.0.0.1:{sshd.port} (load generator gen-loop): the host key changed: "
                            f"{other} line 1 holds another key for [127.0.0.1]:{sshd.port}"), line

@@ -6,7 +6,6 @@ import http.server
 import json
 import re
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -20,6 +19,7 @@ from moodleops.exporters import dashboard
 from moodleops.exporters.alerting import Delivery, alertmanager_config
 from moodleops.exporters.storage_exporter import PoolPolicy, StorageExporter
 from moodleops.exporters.storage_model import ScanConfig
+from prom_loopback import free_port
 
 from moodleops import REPO_ROOT
 from moodleops.inventory import Inventory
@@ -116,18 +116,12 @@ class _Receiver(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.mark.stack
 def test_a_real_alertmanager_delivers_a_school_alert_to_its_referents_only(
         local_inventory: Inventory, provisioned: object, tmp_path: Path) -> None:
     receiver = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
     threading.Thread(target=receiver.serve_forever, daemon=True).start()
-    port = _free_port()
+    port = free_port()
     cfg = alertmanager_config(local_inventory, ["sysadmins@example.invalid"],
                               Delivery(webhook_base=f"http://127.0.0.1:{receiver.server_port}"), group_wait="1s")
     (tmp_path / "am.yml").write_text(yaml.safe_dump(cfg))

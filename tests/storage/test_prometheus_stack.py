@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -15,18 +14,13 @@ import requests
 import yaml
 from moodleops.exporters.storage_exporter import PoolPolicy, StorageExporter
 from moodleops.exporters.storage_model import ScanConfig
+from prom_loopback import free_port
 from storage_world import World
 
 from moodleops import REPO_ROOT
 
 pytestmark = pytest.mark.stack
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_prometheus_scrapes_and_promql_answers(world: World, scan_config: ScanConfig, tmp_path: Path) -> None:
