@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,18 @@ from moodleops.rehearsal.spec import load_rehearsal
 
 INV = load_inventory("rehearsal")
 SPEC = load_rehearsal(INV)
+# site.yml onto every host the platform tests use (gen1: base only, a host the
+# database must refuse). mon1 is a moodledata client; its monitoring role is not
+# ready for a remote host yet (docs/rehearsal.md).
+PLATFORM_PLAY = ["--limit", "lb1,web1,web2,db1,db2,data1,mon1,gen1", "--skip-tags", "monitoring"]
+
+
+@dataclass(frozen=True)
+class Platform:
+    """The platform played onto the rehearsal (conftest.py's `platform`)."""
+    first: PlaybookResult
+    second: PlaybookResult
+    ca: Path            # lb1's certificate, the only one to trust
 
 
 def moodleops(*args: str) -> subprocess.CompletedProcess[str]:

@@ -1,10 +1,11 @@
 """Demonstration 1 of #13: the platform provisioned by site.yml onto the
-rehearsal's separate hosts over SSH (db1, data1, web1, web2, lb1, mon1 as a
-moodledata client), Moodle answering through lb1 from both web nodes (named in
-X-Served-By), an admin session started on one node continuing on the other, a
-file uploaded through one node downloading through the other, cron running on
-exactly one node, a second run changing nothing, and --check --diff printing
-no secret. About 20 min on this machine shared with other jobs (docs/rehearsal.md).
+rehearsal's separate hosts over SSH (conftest.py's `platform`: lb1, web1,
+web2, db1, db2, data1, mon1 as a moodledata client, gen1), Moodle answering
+through lb1 from both web nodes (named in X-Served-By), an admin session
+started on one node continuing on the other, a file uploaded through one node
+downloading through the other, cron running on exactly one node, a second run
+changing nothing on any host, and --check --diff printing no secret
+(docs/rehearsal.md).
 """
 
 from __future__ import annotations
@@ -12,38 +13,28 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import requests
-from rehearsal_run import INV, SPEC, lb1_certificate, on, play, rehearsal_up
 
-from moodleops.platform.ansible import PlaybookResult, run_playbook
+from moodleops.platform.ansible import run_playbook
 from moodleops.webclient import MoodleSession, login
+
+from .rehearsal_run import INV, PLATFORM_PLAY, SPEC, Platform, on
 
 LB = SPEC.host("lb1")
 WWWROOT = f"https://{LB.address}"
-# mon1 is in the run as a moodledata client; its monitoring role is #19's to rework.
-PLAY = ["--limit", "lb1,web1,web2,db1,data1,mon1", "--skip-tags", "monitoring"]
 
 
-@pytest.fixture(scope="module")
-def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[PlaybookResult, PlaybookResult, Path]]:
-    with rehearsal_up():
-        first = play(PLAY, tail=80)
-        second = run_playbook(INV, "site.yml", PLAY, echo=False)
-        yield first, second, lb1_certificate(tmp_path_factory)
-
-
-def test_second_run_changes_nothing(platform: tuple[PlaybookResult, PlaybookResult, Path]) -> None:
-    _, second, _ = platform
+def test_second_run_changes_nothing(platform: Platform) -> None:
+    second = platform.second
     assert second.ok, "\n".join(second.output[-80:])
     assert second.changed == dict.fromkeys(second.changed, 0), second.changed
+    assert set(second.changed) == {"lb1", "web1", "web2", "db1", "db2", "data1", "mon1", "gen1"}, second.changed
 
 
-def test_moodle_answers_through_lb1_from_both_nodes(platform: tuple[PlaybookResult, PlaybookResult, Path]) -> None:
-    _, _, ca = platform
+def test_moodle_answers_through_lb1_from_both_nodes(platform: Platform) -> None:
+    ca = platform.ca
     served = set()
     for _ in range(8):
         resp = requests.get(f"{WWWROOT}/login/index.php", verify=str(ca), timeout=30)
@@ -52,8 +43,8 @@ def test_moodle_answers_through_lb1_from_both_nodes(platform: tuple[PlaybookResu
     assert served == {"web1", "web2"}
 
 
-def test_admin_session_continues_across_nodes(platform: tuple[PlaybookResult, PlaybookResult, Path]) -> None:
-    _, _, ca = platform
+def test_admin_session_continues_across_nodes(platform: Platform) -> None:
+    ca = platform.ca
     session = admin_session(ca)
     nodes = set()
     for _ in range(6):
@@ -64,7 +55,7 @@ def test_admin_session_continues_across_nodes(platform: tuple[PlaybookResult, Pl
     assert nodes == {"web1", "web2"}
 
 
-def test_cron_runs_on_exactly_one_node(platform: tuple[PlaybookResult, PlaybookResult, Path]) -> None:
+def test_cron_runs_on_exactly_one_node(platform: Platform) -> None:
     timers = {node: on(node, "sudo systemctl is-enabled moodle-cron.timer").stdout.strip() for node in ("web1", "web2")}
     assert timers["web1"] == "enabled" and timers["web2"] != "enabled", timers
     assert on("web2", "sudo systemctl cat moodle-cron.service").returncode != 0, "web2 has a cron unit"
@@ -82,7 +73,7 @@ def test_cron_runs_on_exactly_one_node(platform: tuple[PlaybookResult, PlaybookR
     assert ran not in ("", "0"), "moodle-cron.service never started on web1"
 
 
-def test_each_node_has_its_own_release_and_current(platform: tuple[PlaybookResult, PlaybookResult, Path]) -> None:
+def test_each_node_has_its_own_release_and_current(platform: Platform) -> None:
     targets = {node: on(node, "readlink /srv/moodle/current").stdout.strip() for node in ("web1", "web2")}
     assert targets["web1"] == targets["web2"] and targets["web1"].startswith("/srv/moodle/releases/"), targets
     for node in ("web1", "web2"):
@@ -107,8 +98,8 @@ def secret(name: str) -> str:
 
 
 def test_file_uploaded_through_one_node_downloads_through_the_other(
-        platform: tuple[PlaybookResult, PlaybookResult, Path]) -> None:
-    _, _, ca = platform
+        platform: Platform) -> None:
+    ca = platform.ca
     session = admin_session(ca)
     page = session.get("/user/files.php")
     repo, item, ctx = UPLOAD_REPO.search(page.text), DRAFT_ITEM.search(page.text), USER_CONTEXT.search(page.text)
@@ -131,12 +122,12 @@ def test_file_uploaded_through_one_node_downloads_through_the_other(
     assert down.status_code == 200 and down.content == content, (down.status_code, down.content[:200])
 
 
-def test_check_diff_prints_no_secret(platform: tuple[PlaybookResult, PlaybookResult, Path]) -> None:
+def test_check_diff_prints_no_secret(platform: Platform) -> None:
     # config.php drifted on web2: check mode must show the change without its content (the DB password).
     path = on("web2", "readlink -f /srv/moodle/current/config.php").stdout.strip()
     assert on("web2", f"sudo cp -p {path} {path}.keep && echo '// drift' | sudo tee -a {path}").returncode == 0
     try:
-        check = run_playbook(INV, "site.yml", [*PLAY, "--check", "--diff"], echo=False)
+        check = run_playbook(INV, "site.yml", [*PLATFORM_PLAY, "--check", "--diff"], echo=False)
     finally:
         on("web2", f"sudo mv {path}.keep {path}")
     assert check.ok, "\n".join(check.output[-80:])

@@ -1,25 +1,22 @@
 """Demonstration 2 of #13, its first part: db2 becomes a PostgreSQL 15
 streaming replica of db1 through the postgresql role (pg_basebackup over the
 replication protocol, admitted by address), follows the primary's writes, and
-exports its state and lag (node-exporter's textfile collector), and a second
-run changes nothing. Prometheus on mon1 scraping it and the readers moved to
-the replica are not done yet (docs/rehearsal.md)."""
+exports its state and lag (node-exporter's textfile collector); the platform's
+second run (test_platform_demo) changes nothing on either. Prometheus on mon1
+scraping it and the readers moved to the replica are not done yet
+(docs/rehearsal.md)."""
 
 from __future__ import annotations
 
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
 
-import pytest
 import requests
-from rehearsal_run import INV, SPEC, play, rehearsal_up
 
-from moodleops.platform.ansible import PlaybookResult, run_playbook
 from moodleops.rehearsal import ssh
 
-PLAY = ["--limit", "db1,db2", "--tags", "base,postgresql"]
+from .rehearsal_run import SPEC, Platform
 
 
 def sql(host: str, query: str) -> str:
@@ -29,26 +26,13 @@ def sql(host: str, query: str) -> str:
     return proc.stdout.strip()
 
 
-@pytest.fixture(scope="module")
-def played() -> Iterator[tuple[PlaybookResult, PlaybookResult]]:
-    with rehearsal_up():
-        first = play(PLAY)
-        yield first, run_playbook(INV, "site.yml", PLAY, echo=False)
-
-
-def test_second_run_changes_nothing(played: tuple[PlaybookResult, PlaybookResult]) -> None:
-    _, second = played
-    assert second.ok, "\n".join(second.output[-60:])
-    assert second.changed == {"db1": 0, "db2": 0}, second.changed
-
-
-def test_db2_streams_from_db1(played: tuple[PlaybookResult, PlaybookResult]) -> None:
+def test_db2_streams_from_db1(platform: Platform) -> None:
     assert sql("db2", "select pg_is_in_recovery()") == "t"
     senders = sql("db1", "select client_addr, state from pg_stat_replication")
     assert senders == f"{SPEC.host('db2').address}|streaming", senders
 
 
-def test_a_write_on_the_primary_reaches_the_replica(played: tuple[PlaybookResult, PlaybookResult]) -> None:
+def test_a_write_on_the_primary_reaches_the_replica(platform: Platform) -> None:
     # A database of the test's own (never a Moodle table), created and dropped on db1.
     name = f"rh_probe_{uuid.uuid4().hex[:8]}"
     sql("db1", f"create database {name}")
@@ -61,7 +45,7 @@ def test_a_write_on_the_primary_reaches_the_replica(played: tuple[PlaybookResult
         sql("db1", f"drop database {name}")
 
 
-def test_the_replica_exports_its_lag(played: tuple[PlaybookResult, PlaybookResult]) -> None:
+def test_the_replica_exports_its_lag(platform: Platform) -> None:
     http = requests.Session()
     http.trust_env = False
     metrics: dict[str, float] = {}
