@@ -22,6 +22,7 @@ from moodleops.backup.school_export import (
     MoodleCourses,
     export_school,
     export_status,
+    prior_mailing,
     record_mailing,
     reminder_lines,
 )
@@ -248,7 +249,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         return _err(f"--export-id {args.export_id!r} is not valid (allowed: [a-z0-9-], up to 63 characters)")
     if args.link_hours is not None and args.link_hours < 1:
         return _err(f"--link-hours {args.link_hours} is not valid (allowed: 1 or more; links live at most 168 h)")
-    if args.dry_run and args.mail:
+    if args.dry_run and (args.mail or args.mail_again):
         return _err("--dry-run and --mail together: a dry run mails nothing (drop one)")
     inv, site, cfg, s3 = _ctx(args.inventory)
     codes = [s.code for s in inv.schools]
@@ -282,11 +283,18 @@ def _mail(args: argparse.Namespace, cfg: BackupConfig, school: School, rep: Expo
     if rep.dry_run:
         say(f"  would mail the links to {', '.join(school.referents)} via {relay} with --mail")
         return
-    if not args.mail:
+    if not (args.mail or args.mail_again):
         say(f"  links not mailed: add --mail to send them to {', '.join(school.referents)} (via {relay})")
         return
     if not rep.complete:
         say(f"  not mailed: {len(rep.failed)} course(s) failed; a re-run with --mail finishes and mails them")
+        return
+    prior = None if args.mail_again else prior_mailing(state_dir, school, rep, rep.generated)
+    if prior is not None:
+        # A re-run (after a later school's failure, or by hand) must not flood the referents.
+        rep.mailed_to = list(prior["to"])
+        say(f"  already mailed to {', '.join(prior['to'])} at {prior['at']} (those links work until "
+            f"{prior['links_expire']}); --mail-again sends these new links")
         return
     try:
         to = export_mail.send(cfg, export_mail.compose(cfg, school, rep))
@@ -421,6 +429,9 @@ def register(areas: argparse._SubParsersAction) -> None:
                    help="say which courses would be exported, redone or skipped; back up, upload and mail nothing")
     p.add_argument("--mail", action="store_true",
                    help="mail the links to the school's referents once its export is complete (default: print only)")
+    p.add_argument("--mail-again", action="store_true",
+                   help="mail the new links even if this export's earlier links were mailed and still work "
+                        "(--mail skips that school and says so)")
     p.add_argument("--link-hours", type=int, metavar="N",
                    help="ask links valid N hours (default: backup_export_link_expiry_hours)")
     _fmt(p)

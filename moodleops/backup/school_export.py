@@ -376,6 +376,22 @@ def _made_file(journal: Journal, course_id: int, users: bool) -> Path | None:
     return path
 
 
+def prior_mailing(state_dir: Path, school: School, rep: ExportReport, now: datetime) -> dict[str, Any] | None:
+    """The mailing of this export that a re-run need not repeat: nothing was
+    exported by this run, the same manifest was mailed to every referent the
+    school has now, and those links still work. None: mail."""
+    if rep.exported:
+        return None
+    for m in reversed(Journal(state_dir, school, rep.export_id).data["mailed"]):
+        try:
+            expires = datetime.fromisoformat(str(m["links_expire"]))
+        except (KeyError, ValueError):
+            continue
+        if m.get("manifest") == rep.manifest_key and expires > now and set(school.referents) <= set(m.get("to", [])):
+            return dict(m)
+    return None
+
+
 def record_mailing(state_dir: Path, school: School, rep: ExportReport, to: list[str], at: datetime) -> None:
     Journal(state_dir, school, rep.export_id).add_mailing(
         {"at": at.isoformat(timespec="seconds"), "to": to, "links_expire": rep.links_expire,

@@ -294,6 +294,17 @@ def test_links_are_mailed_to_the_referents(tmp_path: Path, moto_url: str, smtp: 
         assert parse_qs(urlsplit(url).query)["X-Amz-Expires"] == [str(48 * 3600)]
     journal = Journal(tmp_path / "state", load_inventory(str(env)).school(SCHOOL), "eoa")
     assert journal.data["mailed"][-1]["to"] == referents
+    # A re-run with --mail does not mail the referents twice while their links work...
+    assert _cli(env, monkeypatch, src, "--mail") == 0
+    out = capsys.readouterr().out
+    assert f"already mailed to {', '.join(referents)}" in out and "--mail-again" in out, out
+    assert len(inbox.received) == 1
+    # ...and --mail-again does, with the new links.
+    assert _cli(env, monkeypatch, src, "--mail-again", "--format", "json") == 0
+    again = json.loads(capsys.readouterr().out)[0]
+    assert len(inbox.received) == 2 and again["mailed_to"] == referents
+    assert all(u in inbox.messages[1][2].get_payload(decode=True).decode() for u in again["links"].values())
+    assert len(Journal(tmp_path / "state", load_inventory(str(env)).school(SCHOOL), "eoa").data["mailed"]) == 2
 
 
 def test_smtp_down_is_one_line_exit_4_and_a_rerun_mails_without_uploading(
