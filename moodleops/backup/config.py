@@ -49,6 +49,11 @@ class BackupConfig:
     smtp_host: str                      # the relay that mails the export links to the referents
     smtp_port: int
     mail_from: str
+    # The links open a school's data: where the relay offers it, the mail goes
+    # over TLS (STARTTLS), the relay's certificate checked against smtp_ca_file
+    # (empty: the system's CAs).
+    smtp_starttls: bool = False
+    smtp_ca_file: str = ""
 
     def key(self, *parts: str) -> str:
         return self.prefix + "/".join(parts)
@@ -119,6 +124,16 @@ def backup_config(inv: Inventory) -> BackupConfig:
     mail_from = v.get("backup_export_mail_from")
     if not isinstance(mail_from, str) or not _MAILBOX.match(mail_from):
         raise InventoryError(f, "backup_export_mail_from", mail_from, "a mailbox such as moodle-exports@example.org")
+    starttls = v.get("backup_export_smtp_starttls", False)
+    if not isinstance(starttls, bool):
+        raise InventoryError(f, "backup_export_smtp_starttls", starttls, "true or false")
+    ca_file = v.get("backup_export_smtp_ca_file", "") or ""
+    if not isinstance(ca_file, str) or (ca_file and not ca_file.startswith("/")):
+        raise InventoryError(f, "backup_export_smtp_ca_file", ca_file,
+                             "an absolute path to a PEM CA bundle, or empty for the system's CAs")
+    if ca_file and not starttls:
+        raise InventoryError(f, "backup_export_smtp_ca_file", ca_file,
+                             "empty while backup_export_smtp_starttls is false (no TLS, no certificate)")
     return BackupConfig(
         bucket=bucket, region=region, prefix=prefix, endpoint_url=endpoint or None, sse=sse,
         retention=retention, moodledata_excludes=tuple(str(x) for x in excludes),
@@ -137,4 +152,6 @@ def backup_config(inv: Inventory) -> BackupConfig:
         smtp_host=smtp_host.strip("[]"),
         smtp_port=_int(inv, "backup_export_smtp_port", v.get("backup_export_smtp_port", 25), 1, 65535),
         mail_from=mail_from,
+        smtp_starttls=starttls,
+        smtp_ca_file=ca_file,
     )

@@ -1,10 +1,12 @@
 """The mail that gives a school's referents the links to its export, sent
-through the inventory's SMTP relay (backup_export_smtp_host/port) with the
-standard library. A relay that refuses is one SmtpError naming it."""
+through the inventory's SMTP relay (backup_export_smtp_host/port; over
+STARTTLS with backup_export_smtp_starttls) with the standard library. A relay
+that refuses is one SmtpError naming it."""
 
 from __future__ import annotations
 
 import smtplib
+import ssl
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 from typing import TYPE_CHECKING
@@ -57,7 +59,11 @@ def send(cfg: BackupConfig, msg: EmailMessage) -> list[str]:
     recipients = [a.strip() for a in str(msg["To"]).split(",")]
     try:
         with smtplib.SMTP(cfg.smtp_host, cfg.smtp_port, timeout=TIMEOUT) as smtp:
+            if cfg.smtp_starttls:
+                _starttls(smtp, cfg, address)
             refused = smtp.send_message(msg, from_addr=cfg.mail_from, to_addrs=recipients)
+    except SmtpError:
+        raise
     except smtplib.SMTPRecipientsRefused as exc:
         raise SmtpError(address, f"every recipient refused: {', '.join(exc.recipients)}",
                         "the referents' addresses in schools.yml and the relay's rules") from exc
@@ -75,3 +81,23 @@ def send(cfg: BackupConfig, msg: EmailMessage) -> list[str]:
                                  f"(accepted: {', '.join(r for r in recipients if r not in refused) or 'none'})",
                         "the referents' addresses in schools.yml")
     return recipients
+
+
+def _starttls(smtp: smtplib.SMTP, cfg: BackupConfig, address: str) -> None:
+    try:
+        context = ssl.create_default_context(cafile=cfg.smtp_ca_file or None)
+    except OSError as exc:
+        raise SmtpError(address, f"the CA bundle {cfg.smtp_ca_file} cannot be read ({exc.strerror or exc})",
+                        "backup_export_smtp_ca_file in the inventory") from exc
+    try:
+        smtp.starttls(context=context)
+    except smtplib.SMTPNotSupportedError as exc:
+        raise SmtpError(address, "the relay does not offer STARTTLS, and backup_export_smtp_starttls asks for it",
+                        "the relay's TLS setup (or set backup_export_smtp_starttls: false for a relay that "
+                        "must be reached in clear)") from exc
+    except ssl.SSLCertVerificationError as exc:
+        trusted = cfg.smtp_ca_file or "the system's CAs"
+        raise SmtpError(address, f"the relay's certificate is not trusted ({exc.verify_message}; checked "
+                                 f"against {trusted})",
+                        "backup_export_smtp_ca_file, and that backup_export_smtp_host is the name in the "
+                        "relay's certificate") from exc

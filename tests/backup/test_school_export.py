@@ -25,7 +25,7 @@ import pytest
 import requests
 import yaml
 from prom_loopback import free_port
-from s3_smtp_loopback import Inbox, moto_s3, smtp_relay
+from s3_smtp_loopback import Inbox, moto_s3, relay_tls, smtp_relay
 
 from moodleops import REPO_ROOT
 from moodleops.backup.config import backup_config
@@ -405,3 +405,49 @@ def test_a_second_run_of_the_same_export_is_refused_while_the_first_runs(tmp_pat
                 break
             time.sleep(0.05)
     assert run(env, src).complete      # once the first run is gone, the export goes on
+
+
+def test_the_mail_goes_over_starttls_with_the_relays_certificate_checked(
+        tmp_path: Path, moto_url: str, smtp: tuple[int, Inbox], monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    ca_file, server = relay_tls(tmp_path)
+    src = FileCourses(tmp_path, big=set())
+    with smtp_relay(server) as (port, inbox):
+        # That relay takes no mail in clear: what arrives came over TLS.
+        env = make_inventory(tmp_path, moto_url, port)
+        assert _cli(env, monkeypatch, src, "--mail") == 4
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err.startswith(f"moodleops: error: SMTP 127.0.0.1:{port}: ") and inbox.received == [], err
+
+        env = make_inventory(tmp_path, moto_url, port, backup_export_smtp_starttls=True)
+        assert _cli(env, monkeypatch, src, "--mail") == 4
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert "the relay's certificate is not trusted" in err and "checked against the system's CAs" in err, err
+        assert "backup_export_smtp_ca_file" in err and inbox.received == []
+
+        env = make_inventory(tmp_path, moto_url, port, backup_export_smtp_starttls=True,
+                             backup_export_smtp_ca_file=str(ca_file))
+        assert _cli(env, monkeypatch, src, "--mail", "--format", "json") == 0
+        rep = json.loads(capsys.readouterr().out)[0]
+        assert len(inbox.received) == 1 and rep["mailed_to"] == inbox.messages[0][1]
+
+    # A relay without STARTTLS, asked for it: one line, nothing sent in clear.
+    plain_port, plain_inbox = smtp
+    env = make_inventory(tmp_path, moto_url, plain_port, backup_export_smtp_starttls=True)
+    assert _cli(env, monkeypatch, src, "--mail", "--mail-again") == 4
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "does not offer STARTTLS" in err and plain_inbox.received == [], err
+
+
+@pytest.mark.parametrize(("extra", "says"), [
+    ({"backup_export_smtp_starttls": "yes"}, "backup_export_smtp_starttls"),
+    ({"backup_export_smtp_starttls": True, "backup_export_smtp_ca_file": "relative.pem"}, "absolute path"),
+    ({"backup_export_smtp_ca_file": "/etc/ssl/certs/ca-certificates.crt"}, "backup_export_smtp_starttls is false"),
+])
+def test_bad_starttls_settings_are_refused_at_the_boundary(tmp_path: Path, moto_url: str, extra: dict[str, Any],
+                                                           says: str, monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    env = make_inventory(tmp_path, moto_url, 25, **extra)
+    assert _cli(env, monkeypatch, FileCourses(tmp_path, big=set()), "--mail") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and says in err[0], err
