@@ -7,7 +7,8 @@ this module's namespace, so only the chosen shape is bound here.
 Every request is also recorded (wall time, page type, milliseconds, ok) into
 requests.csv in the working directory (the results directory) of the process
 that holds the statistics: a local run writes it directly, workers send their
-requests to the master once a second. The summary computes the warm-up-free
+requests to the master once a second, and everything left when the run ends
+(the master waits for each worker's last report before it stops). The summary computes the warm-up-free
 and peak-window figures from it; Locust's own CSV only has whole-run figures.
 
 Locust rewrites <prefix>_stats.csv once a second while it runs and not at its
@@ -41,6 +42,7 @@ Shape = SHAPE_CLASSES[load_plan()["timeline"]["shape"]]
 REQUESTS_CSV = "requests.csv"
 FINAL_STATS_SUFFIX = "_stats_final.csv"
 MESSAGE = "moodleops_requests"
+FLUSH, FLUSHED = "moodleops_flush", "moodleops_flushed"     # master -> workers, and their answer
 
 
 def _row(start_time: float | None, name: str, response_time: float, exception: Any) -> list[Any]:
@@ -69,18 +71,19 @@ def _record_requests(environment: Any, **_kw: Any) -> None:
                 flush()
 
         def last_report(**_: Any) -> None:
-            # A worker sends its statistics every 3 s and once more on `quit`, but it
-            # handles `quit` only after its `stop` handler's stop_timeout sleep, past the
-            # master's 0.5 s wait: the last seconds' requests were then missing from the
-            # master's statistics. Sent here, inside `stop` and before `client_stopped`
-            # (same socket, in order), they are in before the master counts the worker
-            # stopped. _send_stats is Locust's own report (reset after sending); Locust
-            # is pinned in requirements.txt.
+            # Once the users have stopped: the last requests and Locust's statistics
+            # (_send_stats is Locust's own report, reset after sending; Locust is
+            # pinned in requirements.txt), before FLUSHED on the same socket.
             flush()
             runner._send_stats()
 
+        def on_flush(**_: Any) -> None:
+            runner.stop()                     # users finish (--stop-timeout); test_stop: last_report
+            runner.send_message(FLUSHED)
+
         events.request.add_listener(on_request)
         events.test_stop.add_listener(last_report)
+        runner.register_message(FLUSH, on_flush)
         gevent.spawn(loop)
         return
 
@@ -93,6 +96,25 @@ def _record_requests(environment: Any, **_kw: Any) -> None:
     events.quitting.add_listener(lambda **_: out.flush())
     if isinstance(runner, MasterRunner):
         runner.register_message(MESSAGE, lambda msg, **_: write(msg.data))
+        pending: set[str] = set()
+        runner.register_message(FLUSHED, lambda msg, **_: pending.discard(msg.node_id))
+
+        def drain_workers(**_: Any) -> None:
+            # A headless shape ends with the master's quit(), which tells the workers to
+            # quit and waits 0.5 s: a worker's users may take up to --stop-timeout to
+            # finish, so its last seconds of requests and statistics arrived after the
+            # master had stopped listening (requests.csv and Locust's totals then
+            # disagreed, both short). Here, before the master stops, each worker stops
+            # its users and reports everything, and the master waits for all of them.
+            ids = [c.id for c in runner.clients.all]
+            pending.update(ids)
+            for cid in ids:
+                runner.send_message(FLUSH, client_id=cid)
+            deadline = time.monotonic() + (environment.stop_timeout or 0) + 30
+            while pending and time.monotonic() < deadline:
+                gevent.sleep(0.1)
+
+        events.test_stopping.add_listener(drain_workers)
     else:
         events.request.add_listener(
             lambda name, response_time, exception=None, start_time=None, **_: write(
