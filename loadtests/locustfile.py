@@ -8,8 +8,9 @@ Every request is also recorded (wall time, page type, milliseconds, ok) into
 requests.csv in the working directory (the results directory) of the process
 that holds the statistics: a local run writes it directly, workers send their
 requests to the master once a second, and everything left when the run ends
-(the master waits for each worker's last report before it stops). The summary computes the warm-up-free
-and peak-window figures from it; Locust's own CSV only has whole-run figures.
+(the master waits for each worker's last report before it stops). The summary
+computes the warm-up-free and peak-window figures from it; Locust's own CSV
+only has whole-run figures.
 
 Locust rewrites <prefix>_stats.csv once a second while it runs and not at its
 exit, so the requests of the last second (an exam's last submits, made while

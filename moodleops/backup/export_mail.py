@@ -62,8 +62,6 @@ def send(cfg: BackupConfig, msg: EmailMessage) -> list[str]:
             if cfg.smtp_starttls:
                 _starttls(smtp, cfg, address)
             refused = smtp.send_message(msg, from_addr=cfg.mail_from, to_addrs=recipients)
-    except SmtpError:
-        raise
     except smtplib.SMTPRecipientsRefused as exc:
         raise SmtpError(address, f"every recipient refused: {', '.join(exc.recipients)}",
                         "the referents' addresses in schools.yml and the relay's rules") from exc

@@ -18,6 +18,6 @@ from .rehearsal_run import INV, PLATFORM_PLAY, Platform, lb1_certificate, play, 
 @pytest.fixture(scope="package")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     with rehearsal_up():
-        first = play(PLATFORM_PLAY, tail=80)
+        play(PLATFORM_PLAY, tail=80)
         second = run_playbook(INV, "site.yml", PLATFORM_PLAY, echo=False)
-        yield Platform(first, second, lb1_certificate(tmp_path_factory))
+        yield Platform(second, lb1_certificate(tmp_path_factory))

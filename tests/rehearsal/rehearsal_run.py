@@ -29,8 +29,8 @@ PLATFORM_PLAY = ["--limit", "lb1,web1,web2,db1,db2,data1,mon1,gen1", "--skip-tag
 
 @dataclass(frozen=True)
 class Platform:
-    """The platform played onto the rehearsal (conftest.py's `platform`)."""
-    first: PlaybookResult
+    """The platform played onto the rehearsal (conftest.py's `platform`); the
+    first run's success is asserted by play()."""
     second: PlaybookResult
     ca: Path            # lb1's certificate, the only one to trust
 
