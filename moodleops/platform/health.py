@@ -13,6 +13,7 @@ from moodleops.inventory import Inventory
 from moodleops.moodle import MoodleCLI, MoodleError
 from moodleops.platform.ansible_view import AnsibleViewError
 from moodleops.platform.monitoring_health import check_monitoring, endpoints
+from moodleops.platform.nodes import probe_web_nodes, this_machine_is
 from moodleops.site import Site, SiteError
 from moodleops.webclient import LoginFailed, login
 
@@ -42,15 +43,43 @@ def _same_version(installed: str | None, pinned: Decimal) -> bool:
 def check_health(inv: Inventory, site: Site) -> Health:
     h = Health()
     h.lines.append(f"Moodle platform '{inv.env}' at {site.wwwroot}")
+    _check_nodes(inv, site, h)
+    web = inv.group("web")
+    if web and not any(this_machine_is(w) for w in web):
+        # Moodle's CLI here would be another Moodle (or none): say so, never read the wrong site.
+        h.lines.append(f"  Moodle   versions not read: this machine is not a web node of '{inv.env}' "
+                       f"(run `moodleops -i {inv.env} platform status` on {web[0].name} for them)")
+    elif not _check_moodle(inv, site, h):
+        return h
+    _check_login(inv, site, h)
+    return h
+
+
+def _check_nodes(inv: Inventory, site: Site, h: Health) -> None:
+    if len(inv.group("web")) < 2:
+        return      # one node: the HTTP login below is that node
+    try:
+        answers = probe_web_nodes(inv, site.wwwroot)
+    except AnsibleViewError as exc:
+        h.problems.append(str(exc))
+        return
+    for a in answers:
+        h.lines.append(f"  Node     {a.host:<10} {'OK' if a.ok else 'DOWN'}  {a.detail if a.ok else a.url}")
+        if not a.ok:
+            h.problems.append(f"web node {a.host} is down: {a.detail}")
+
+
+def _check_moodle(inv: Inventory, site: Site, h: Health) -> bool:
+    """What Moodle itself says, against the pins; False when it cannot be read."""
     try:
         settings = [s for p in inv.plugins for s in p.secrets]
         probe: dict[str, Any] = MoodleCLI(site).probe(*settings)
     except (MoodleError, OSError) as exc:
         h.problems.append(f"cannot read the site through Moodle: {exc}")
-        return h
+        return False
     if not probe.get("installed"):
         h.problems.append("Moodle is not installed")
-        return h
+        return False
     core_ok = _same_version(probe["version"], inv.core.version)
     h.lines.append(f"  Moodle   {probe['release']} (version {probe['version']}; pinned {inv.core.version_text})"
                    f"  {'OK' if core_ok else 'MISMATCH'}")
@@ -82,7 +111,10 @@ def check_health(inv: Inventory, site: Site) -> Health:
                    f"; cron {'enabled' if probe.get('cron_enabled') else 'DISABLED'}")
     if not probe.get("cron_enabled"):
         h.warnings.append("cron is disabled in Moodle")
+    return True
 
+
+def _check_login(inv: Inventory, site: Site, h: Health) -> None:
     try:
         session = login(site.wwwroot, inv.settings.admin_user,
                         site.secret("admin_password"))
@@ -96,9 +128,8 @@ def check_health(inv: Inventory, site: Site) -> Health:
             ep = endpoints(inv)
         except AnsibleViewError as exc:
             h.problems.append(str(exc))
-            return h
+            return
         lines, problems, warnings = check_monitoring(ep)
         h.lines += lines
         h.problems += problems
         h.warnings += warnings
-    return h

@@ -4,6 +4,7 @@ over SSH, and lb1's certificate to trust."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -35,9 +36,10 @@ class Platform:
     ca: Path            # lb1's certificate, the only one to trust
 
 
-def moodleops(*args: str) -> subprocess.CompletedProcess[str]:
+def moodleops(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "moodleops.cli", *args], capture_output=True, text=True,
-                          timeout=1800, cwd=REPO_ROOT, check=False, stdin=subprocess.DEVNULL)
+                          timeout=1800, cwd=REPO_ROOT, check=False, stdin=subprocess.DEVNULL,
+                          env={**os.environ, **(env or {})})
 
 
 def on(host: str, command: str, stdin: str = "") -> subprocess.CompletedProcess[str]:

@@ -7,15 +7,18 @@ check window and comes back."""
 
 from __future__ import annotations
 
+import re
+import subprocess
 import time
 from collections import Counter
 from pathlib import Path
 
 import requests
 
-from .rehearsal_run import SPEC, Platform, on
+from .rehearsal_run import SPEC, Platform, moodleops, on
 
 LB = SPEC.host("lb1")
+WEB2 = SPEC.host("web2")
 PAGE = "/login/index.php"
 
 
@@ -66,7 +69,22 @@ def test_a_failing_node_is_taken_out_and_back(platform: Platform) -> None:
     try:
         seen = _wait(ca, {"200 web1"}, within=20)
         assert set(seen) == {"200 web1"}, seen
+        # Through lb1 nothing shows; `platform status`, run on the operator's side, names the dead node.
+        down = _status(ca)
+        assert down.returncode == 1, down.stdout + down.stderr
+        assert re.search(r"Node +web1 +OK +200 in \d+ ms", down.stdout), down.stdout
+        assert (f"PROBLEM  web node web2 is down: connection refused at https://{WEB2.address}{PAGE}; "
+                "check nginx on web2") in down.stdout, down.stdout
     finally:
         assert on("web2", "sudo service nginx start").returncode == 0
     seen = _wait(ca, {"200 web1", "200 web2"}, within=20)
     assert set(seen) == {"200 web1", "200 web2"}, seen
+    up = _status(ca)
+    assert up.returncode == 0 and re.search(r"Node +web2 +OK", up.stdout), up.stdout + up.stderr
+    # Not a web node of the rehearsal: the local stack's Moodle CLI must not be read as the rehearsal's.
+    assert "versions not read: this machine is not a web node of 'rehearsal'" in up.stdout, up.stdout
+    assert "login as admin OK" in up.stdout, up.stdout
+
+
+def _status(ca: Path) -> subprocess.CompletedProcess[str]:
+    return moodleops("-i", "rehearsal", "platform", "status", env={"REQUESTS_CA_BUNDLE": str(ca)})
