@@ -177,10 +177,14 @@ def register(areas: argparse._SubParsersAction) -> None:
     up.add_argument("--tags", help="only these playbook tags (comma-separated), e.g. nginx,php")
     up.set_defaults(run=cmd_up)
     status = add_command(
-        commands, "status", summary="health summary: versions from Moodle, plugins vs pins, HTTP login",
-        description="Ask Moodle (as the web user, through its API) which core and plugin versions it has "
-                    "installed, compare them with the pins, say which external-service plugins have no API "
-                    "key, and log in over HTTP as the admin with the login-token flow.",
+        commands, "status", summary="health summary: each web node, versions from Moodle, plugins vs pins, "
+                                    "HTTP login",
+        description="With several web nodes, ask each one directly (past the load balancer) for Moodle's "
+                    "login page and name any that is down, with what to check. On a web node of the "
+                    "inventory, ask Moodle (as the web user, through its API) which core and plugin versions "
+                    "it has installed, compare them with the pins and say which external-service plugins have "
+                    "no API key (elsewhere, say that versions were not read). Log in over HTTP as the admin "
+                    "with the login-token flow.",
         epilog="exit status:\n  0  healthy (warnings allowed)\n  1  at least one problem\n")
     status.set_defaults(run=cmd_status)
     upgrade = add_command(
