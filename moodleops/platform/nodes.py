@@ -18,9 +18,9 @@ from moodleops.inventory import Inventory
 from moodleops.inventory.addresses import is_loopback
 from moodleops.inventory.model import Host
 from moodleops.platform.ansible_view import role_vars
+from moodleops.webclient import LOGIN_TOKEN
 
 PAGE = "/login/index.php"
-LOGIN_FORM = 'name="logintoken"'
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ def probe_node(name: str, url: str, wwwroot: str, timeout: float = 10.0) -> Node
     except requests.RequestException as exc:
         return NodeAnswer(name, url, False, f"{url}: {' '.join(str(exc).split())[:200]}")
     took = (time.monotonic() - started) * 1000
-    if resp.status_code == 200 and LOGIN_FORM in resp.text:
+    if resp.status_code == 200 and LOGIN_TOKEN.search(resp.text):
         return NodeAnswer(name, url, True, f"{resp.status_code} in {took:.0f} ms")
     if resp.status_code in (502, 504):
         return NodeAnswer(name, url, False, f"HTTP {resp.status_code} from nginx at {url}; check php-fpm on {name}")
