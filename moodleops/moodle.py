@@ -50,6 +50,7 @@ class MoodleCLI:
         return proc
 
     def _spawn(self, argv: list[str], stdin: str | None, timeout: float) -> subprocess.CompletedProcess[str]:
+        self.site.require_here()
         if not os.path.exists(self.site.php):
             # Checked here: run through runuser, a missing binary is only runuser's exit 1.
             raise MoodleError(f"{self.site.php} does not exist", address=self.site.php,

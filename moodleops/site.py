@@ -8,11 +8,18 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from moodleops.errors import UsageError
 from moodleops.inventory import Inventory
+from moodleops.inventory.addresses import is_this_machine
 
 
 class SiteError(RuntimeError):
     pass
+
+
+class NotOnThisMachine(UsageError):
+    """The command acts on the Moodle installed here, and this machine is not
+    a web node of the inventory given: nothing changed."""
 
 
 @dataclass(frozen=True)
@@ -31,10 +38,23 @@ class Site:
     db_prefix: str
     db_ro_user: str
     secrets_dir: Path | None
+    # The web nodes of the inventory, and whether this machine is one of them:
+    # Moodle's CLI acts on the Moodle installed here, so for any other
+    # environment it must refuse rather than act on the wrong site.
+    web_nodes: tuple[str, ...]
+    moodle_here: bool
 
     @property
     def config_php(self) -> Path:
         return self.current_link / "config.php"
+
+    def require_here(self) -> None:
+        """Refuse before acting: Moodle's CLI here belongs to another site."""
+        if not self.moodle_here:
+            raise NotOnThisMachine(
+                f"inventory '{self.env}': Moodle is not on this machine (its web nodes: "
+                f"{', '.join(self.web_nodes)}); run this on one of them, or through the pyinfra deploy "
+                f"(playbooks/deploys/incident.py for incidents)")
 
     def secret(self, name: str) -> str:
         """A secret by name (db_password, db_ro_password, admin_password):
@@ -56,6 +76,7 @@ def site_of(inv: Inventory) -> Site:
     # Test stacks keep generated secrets on the machine (moodleops_local_secrets_dir);
     # production has none on disk: vault for Ansible, MOODLEOPS_<NAME> for Python.
     secrets_dir = os.environ.get("MOODLEOPS_SECRETS_DIR") or v.local_secrets_dir
+    web = inv.group("web")
     return Site(
         env=inv.env,
         wwwroot=v.wwwroot,
@@ -71,4 +92,6 @@ def site_of(inv: Inventory) -> Site:
         db_prefix=v.db_prefix,
         db_ro_user=v.db_ro_user,
         secrets_dir=Path(secrets_dir) if secrets_dir else None,
+        web_nodes=tuple(h.name for h in web),
+        moodle_here=not web or any(is_this_machine(h.name, h.address, h.connection) for h in web),
     )

@@ -40,7 +40,9 @@ def _runbook(args: argparse.Namespace) -> Runbook:
     inv = load_inventory(args.inventory)
     # "-": no operator copy here (the pyinfra deploy fetches the host journal itself).
     copy = None if str(args.journal_copy) == "-" else args.journal_copy
-    return Runbook(inv, site_of(inv), journal_copy=copy, chunk_size=getattr(args, "chunk_size", DEFAULT_CHUNK))
+    site = site_of(inv)
+    site.require_here()
+    return Runbook(inv, site, journal_copy=copy, chunk_size=getattr(args, "chunk_size", DEFAULT_CHUNK))
 
 
 def _users(args: argparse.Namespace) -> tuple[str, ...]:

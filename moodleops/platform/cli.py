@@ -138,6 +138,7 @@ def cmd_maintenance(args: argparse.Namespace) -> int:
     from moodleops.moodle import MoodleCLI
     inv = load_inventory(args.inventory)
     site = site_of(inv)
+    site.require_here()
     moodle = MoodleCLI(site)
     try:
         if args.state == "on":

@@ -13,7 +13,7 @@ from moodleops.inventory import Inventory
 from moodleops.moodle import MoodleCLI, MoodleError
 from moodleops.platform.ansible_view import AnsibleViewError
 from moodleops.platform.monitoring_health import check_monitoring, endpoints
-from moodleops.platform.nodes import probe_web_nodes, this_machine_is
+from moodleops.platform.nodes import probe_web_nodes
 from moodleops.site import Site, SiteError
 from moodleops.webclient import LoginFailed, login
 
@@ -44,11 +44,10 @@ def check_health(inv: Inventory, site: Site) -> Health:
     h = Health()
     h.lines.append(f"Moodle platform '{inv.env}' at {site.wwwroot}")
     _check_nodes(inv, site, h)
-    web = inv.group("web")
-    if web and not any(this_machine_is(w) for w in web):
+    if not site.moodle_here:
         # Moodle's CLI here would be another Moodle (or none): say so, never read the wrong site.
         h.lines.append(f"  Moodle   versions not read: this machine is not a web node of '{inv.env}' "
-                       f"(run `moodleops -i {inv.env} platform status` on {web[0].name} for them)")
+                       f"(run `moodleops -i {inv.env} platform status` on {site.web_nodes[0]} for them)")
     elif not _check_moodle(inv, site, h):
         return h
     _check_login(inv, site, h)

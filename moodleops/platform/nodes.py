@@ -5,7 +5,6 @@ needs its name and what to look at."""
 
 from __future__ import annotations
 
-import socket
 import time
 import warnings
 from dataclasses import dataclass
@@ -15,8 +14,6 @@ import requests
 from urllib3.exceptions import InsecureRequestWarning
 
 from moodleops.inventory import Inventory
-from moodleops.inventory.addresses import is_loopback
-from moodleops.inventory.model import Host
 from moodleops.platform.ansible_view import role_vars
 from moodleops.webclient import LOGIN_TOKEN
 
@@ -79,18 +76,3 @@ def probe_node(name: str, url: str, wwwroot: str, timeout: float = 10.0) -> Node
 
 def probe_web_nodes(inv: Inventory, wwwroot: str, timeout: float = 10.0) -> list[NodeAnswer]:
     return [probe_node(name, url, wwwroot, timeout) for name, url in node_urls(inv).items()]
-
-
-def this_machine_is(host: Host) -> bool:
-    """Whether `host` of the inventory is the machine running this (where
-    Moodle's CLI can be run locally)."""
-    if is_loopback(host.address):
-        return True
-    me = socket.gethostname()
-    if host.name in (me, me.split(".")[0]):
-        return True
-    try:
-        mine = {info[4][0] for info in socket.getaddrinfo(me, None)}
-    except OSError:
-        return False
-    return host.address in mine

@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from moodleops.inventory import load_inventory
-from moodleops.platform.nodes import node_urls, probe_node, this_machine_is
+from moodleops.platform.nodes import node_urls, probe_node
 from tests.prom_loopback import free_port
 
 WWWROOT = "https://moodle.example.invalid"
@@ -97,9 +97,3 @@ def test_node_urls_follow_the_nginx_role() -> None:
         "web1": "https://10.0.3.211/login/index.php", "web2": "https://10.0.3.212/login/index.php"}
     local = load_inventory("local")
     assert node_urls(local) == {h.name: "http://127.0.0.1:8080/login/index.php" for h in local.group("web")}
-
-
-def test_only_this_machine_runs_moodle_locally() -> None:
-    rehearsal = load_inventory("rehearsal")
-    assert not any(this_machine_is(h) for h in rehearsal.group("web"))
-    assert all(this_machine_is(h) for h in load_inventory("local").group("web"))

@@ -1,0 +1,48 @@
+"""Moodle's CLI acts on the Moodle installed on this machine: a command given
+another environment's inventory (the rehearsal, production from an operator's
+laptop) must refuse before anything, never act on the local site instead."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from moodleops.cli import main
+from moodleops.inventory import load_inventory
+from moodleops.inventory.addresses import is_this_machine
+from moodleops.site import site_of
+
+
+def test_this_machine_is_recognised_by_connection_loopback_name_or_address() -> None:
+    assert is_this_machine("web9", "10.0.3.250", "local")
+    assert is_this_machine("web9", "127.0.0.2")
+    assert is_this_machine("web9", "::1")
+    assert is_this_machine(socket.gethostname(), "192.0.2.1")
+    # TEST-NET addresses are no interface of this machine, and never routed.
+    assert not is_this_machine("web9", "192.0.2.1")
+    assert not is_this_machine("web9", "203.0.113.7", "ssh")
+    assert not is_this_machine("web9", "name.invalid")
+
+
+def test_only_the_local_inventory_has_its_moodle_here() -> None:
+    local = site_of(load_inventory("local"))
+    assert local.moodle_here
+    local.require_here()
+    for env in ("rehearsal", "production"):
+        site = site_of(load_inventory(env))
+        assert not site.moodle_here and site.web_nodes, env
+
+
+@pytest.mark.parametrize("argv", [
+    ["incident", "suspend", "--school", "ifsi_millau", "--reason", "drill", "--ticket", "T-1", "--apply",
+     "--journal-copy", "-"],
+    ["incident", "recover", "--apply"],
+    ["platform", "maintenance", "on"],
+])
+def test_a_command_for_another_sites_moodle_refuses_with_one_line(
+        argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["-i", "rehearsal", *argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2, err
+    assert len(err) == 1 and "Moodle is not on this machine (its web nodes: web1, web2)" in err[0], err
