@@ -126,6 +126,7 @@ def _guard(fn: Any) -> Any:
 
 def cmd_run_unguarded(args: argparse.Namespace) -> int:
     inv, site, cfg, s3 = _ctx(args.inventory)
+    site.require_here()     # the dump is taken from here and moodledata read from here
     try:
         # The one platform lock: a backup never overlaps an upgrade, a restore or an incident.
         with platform_lock(site, "backup run"), backup_lock(site):
@@ -202,6 +203,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     _inv, _site, cfg, s3 = _ctx(args.inventory)
     target_inv = load_inventory(args.target_inventory)
     target = site_of(target_inv)
+    target.require_here()   # moodledata is restored here, and Moodle's CLI run here
     try:
         key = manifest.resolve_key(cfg, args.manifest)
     except BackupError as exc:
@@ -252,6 +254,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.dry_run and (args.mail or args.mail_again):
         return _err("--dry-run and --mail together: a dry run mails nothing (drop one)")
     inv, site, cfg, s3 = _ctx(args.inventory)
+    site.require_here()
     codes = [s.code for s in inv.schools]
     for code in args.school:
         if code not in codes:

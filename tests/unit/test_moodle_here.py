@@ -39,6 +39,8 @@ def test_only_the_local_inventory_has_its_moodle_here() -> None:
      "--journal-copy", "-"],
     ["incident", "recover", "--apply"],
     ["platform", "maintenance", "on"],
+    ["backup", "run"],
+    ["backup", "export", "--export-id", "x1", "--school", "ifsi_millau"],
 ])
 def test_a_command_for_another_sites_moodle_refuses_with_one_line(
         argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
@@ -46,3 +48,10 @@ def test_a_command_for_another_sites_moodle_refuses_with_one_line(
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2, err
     assert len(err) == 1 and "Moodle is not on this machine (its web nodes: web1, web2)" in err[0], err
+
+
+def test_a_restore_onto_another_sites_moodle_refuses(capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["-i", "local", "backup", "restore", "--manifest", "latest", "--target-inventory", "rehearsal",
+               "--confirm"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "inventory 'rehearsal': Moodle is not on this machine" in err[0], err
