@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from moodleops.errors import UsageError
-from moodleops.inventory import Inventory
+from moodleops.inventory import Host, Inventory
 from moodleops.inventory.addresses import is_this_machine
 
 
@@ -38,15 +39,23 @@ class Site:
     db_prefix: str
     db_ro_user: str
     secrets_dir: Path | None
-    # The web nodes of the inventory, and whether this machine is one of them:
-    # Moodle's CLI acts on the Moodle installed here, so for any other
-    # environment it must refuse rather than act on the wrong site.
-    web_nodes: tuple[str, ...]
-    moodle_here: bool
+    # The inventory's web nodes: Moodle's CLI acts on the Moodle installed
+    # here, so for any other environment it must refuse, not act on the wrong site.
+    web_hosts: tuple[Host, ...]
 
     @property
     def config_php(self) -> Path:
         return self.current_link / "config.php"
+
+    @property
+    def web_nodes(self) -> tuple[str, ...]:
+        return tuple(h.name for h in self.web_hosts)
+
+    @cached_property
+    def moodle_here(self) -> bool:
+        # Lazy: it may resolve names, and most commands never ask.
+        return not self.web_hosts or any(is_this_machine(h.name, h.address, h.connection)
+                                         for h in self.web_hosts)
 
     def require_here(self) -> None:
         """Refuse before acting: Moodle's CLI here belongs to another site."""
@@ -76,7 +85,6 @@ def site_of(inv: Inventory) -> Site:
     # Test stacks keep generated secrets on the machine (moodleops_local_secrets_dir);
     # production has none on disk: vault for Ansible, MOODLEOPS_<NAME> for Python.
     secrets_dir = os.environ.get("MOODLEOPS_SECRETS_DIR") or v.local_secrets_dir
-    web = inv.group("web")
     return Site(
         env=inv.env,
         wwwroot=v.wwwroot,
@@ -92,6 +100,5 @@ def site_of(inv: Inventory) -> Site:
         db_prefix=v.db_prefix,
         db_ro_user=v.db_ro_user,
         secrets_dir=Path(secrets_dir) if secrets_dir else None,
-        web_nodes=tuple(h.name for h in web),
-        moodle_here=not web or any(is_this_machine(h.name, h.address, h.connection) for h in web),
+        web_hosts=inv.group("web"),
     )
