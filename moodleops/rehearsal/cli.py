@@ -41,6 +41,15 @@ def cmd_up(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prepare(args: argparse.Namespace) -> int:
+    spec = _spec(args)
+    try:
+        lifecycle.prepare(spec, _say)
+    except lifecycle.RehearsalError as exc:
+        return _fail(exc)
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     spec = _spec(args)
     try:
@@ -74,7 +83,8 @@ def register(areas: argparse._SubParsersAction) -> None:
                     "with a key the rehearsal generates. Then `moodleops -i rehearsal platform up` provisions "
                     "them as production. See docs/rehearsal.md.\n"
                     "These commands use inventory `rehearsal` unless -i names another one with a rehearsal.yml.",
-        epilog="examples:\n  moodleops rehearsal up\n  moodleops rehearsal status\n"
+        epilog="examples:\n  moodleops rehearsal prepare       # ahead of time: the base (minutes, once)\n"
+               "  moodleops rehearsal up\n  moodleops rehearsal status\n"
                "  moodleops rehearsal down            # keeps the cached base\n"
                "  moodleops rehearsal down --purge    # the base too\n")
     up = add_command(commands, "up", summary="build or start every host (idempotent)",
@@ -82,6 +92,11 @@ def register(areas: argparse._SubParsersAction) -> None:
                                  "missing hosts, install the rehearsal's SSH key, pin host keys, check that "
                                  "each host answers over SSH as `moodleops` with sudo.", epilog=EXIT)
     up.set_defaults(run=cmd_up)
+    prepare = add_command(commands, "prepare", summary="the network and the cached base only (no host)",
+                          description="Start lxc-net if needed and build the base once (cached), so that "
+                                      "the next `up` only clones and starts hosts. Waits for another "
+                                      "rehearsal command running on this machine.", epilog=EXIT)
+    prepare.set_defaults(run=cmd_prepare)
     status = add_command(commands, "status", summary="each host: container state, address, SSH",
                          description="One line per host; exit 1 if any is not running or not reachable.",
                          epilog=EXIT)

@@ -12,7 +12,7 @@ from moodleops.platform.secrets import ensure_local_secrets
 from moodleops.rehearsal import lxc, network, ssh
 from moodleops.rehearsal.base import ensure_base
 from moodleops.rehearsal.spec import Rehearsal, RehearsalHost
-from moodleops.rehearsal.state import State
+from moodleops.rehearsal.state import State, exclusive
 
 Say = Callable[[str], None]
 _MARK = "# moodleops rehearsal"
@@ -66,10 +66,15 @@ def _check_tools() -> None:
                              "apt-get install lxc debootstrap, then run `moodleops rehearsal up` again")
 
 
-def up(spec: Rehearsal, say: Say) -> None:
+def prepare(spec: Rehearsal, say: Say) -> None:
+    """The network and the cached base, no host: what makes the next `up` take
+    seconds. Run ahead of time (the test suite starts it in the background)."""
     _check_tools()
-    started = time.monotonic()
-    state = State.load(spec.state_dir)
+    with exclusive(spec.state_dir, say):
+        _prepare(spec, State.load(spec.state_dir), say)
+
+
+def _prepare(spec: Rehearsal, state: State, say: Say) -> None:
     # The network first: the base build needs it, and `down` must know whether it is ours.
     if not network.is_up(spec):
         state.network_started = True
@@ -87,6 +92,18 @@ def up(spec: Rehearsal, say: Say) -> None:
         state.save(spec.state_dir)
     _lxc(lambda: ensure_base(spec, state, say))
 
+
+def up(spec: Rehearsal, say: Say) -> None:
+    _check_tools()
+    started = time.monotonic()
+    with exclusive(spec.state_dir, say):
+        state = State.load(spec.state_dir)
+        _prepare(spec, state, say)
+        _up_hosts(spec, state, say)
+    say(f"rehearsal '{spec.env}' up: {len(spec.hosts)} hosts over SSH in {time.monotonic() - started:.0f} s")
+
+
+def _up_hosts(spec: Rehearsal, state: State, say: Say) -> None:
     public_key = ssh.ensure_key(spec)
     created = ensure_local_secrets(spec.state_dir / "secrets")
     if created:
@@ -127,7 +144,6 @@ def up(spec: Rehearsal, say: Say) -> None:
         if problem:
             raise RehearsalError(f"{host.name}: {problem}; run `moodleops rehearsal up` again, or "
                                  "`moodleops rehearsal down` then `up`")
-    say(f"rehearsal '{spec.env}' up: {len(spec.hosts)} hosts over SSH in {time.monotonic() - started:.0f} s")
 
 
 @dataclass(frozen=True)
@@ -161,7 +177,11 @@ def down(spec: Rehearsal, say: Say, *, purge: bool = False) -> None:
     """Remove every host container (and the base with `purge`), then the network
     if the rehearsal started it. Goes on past a failure and reports it at the end."""
     _check_tools()
-    state = State.load(spec.state_dir)
+    with exclusive(spec.state_dir, say):
+        _down(spec, State.load(spec.state_dir), say, purge)
+
+
+def _down(spec: Rehearsal, state: State, say: Say, purge: bool) -> None:
     ours = set(state.containers) | {h.container for h in spec.hosts}
     ours |= {n for n in lxc.names() if n.startswith(spec.name_prefix) and n != spec.base_container}
     failures = []

@@ -3,10 +3,34 @@ so that `down` (or the next `up`) can finish or undo a run killed half-way."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+
+@contextmanager
+def exclusive(state_dir: Path, waiting: Callable[[str], None]) -> Iterator[None]:
+    """One rehearsal command at a time on this machine (`prepare` in the
+    background and `up` in the foreground would both write state.json and
+    build the base). Waits; the kernel releases it when the holder dies."""
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with open(state_dir / "lock", "a+", encoding="utf-8") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            waiting(f"waiting for another rehearsal command to finish ({holder})")
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()}\n")
+        fh.flush()
+        yield
 
 
 @dataclass
