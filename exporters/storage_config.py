@@ -26,7 +26,7 @@ def schools_of(inv: Inventory) -> tuple[SchoolSpec, ...]:
 
 
 def ro_target(site: Site) -> DbTarget:
-    return DbTarget(host=site.db_host, port=site.db_port, dbname=site.db_name, user=site.db_ro_user,
+    return DbTarget(host=site.db_read_host, port=site.db_port, dbname=site.db_name, user=site.db_ro_user,
                     password=site.secret("db_ro_password"), prefix=site.db_prefix)
 
 
@@ -48,6 +48,11 @@ def paths_source(site: Site) -> Callable[[], StoragePaths | None]:
 def ask_paths(site: Site) -> tuple[StoragePaths | None, list[str]]:
     """Moodle's answer, or None (with a note) when it cannot be asked now."""
     notes: list[str] = []
+    if not site.moodle_here:
+        # A monitoring host: moodledata is mounted here, Moodle's code is not.
+        notes.append(f"Moodle is not on this host (its web nodes: {', '.join(site.web_nodes)}): "
+                     f"using the defaults under {site.dataroot}")
+        return None, notes
     try:
         got = MoodleCLI(site).tool("storage_paths", timeout=60)
     except (MoodleError, OSError) as exc:

@@ -92,7 +92,7 @@ class ServerSampler:
     @classmethod
     def for_inventory(cls, inv: Inventory, site: Site, target: str, interval_s: float = 2.0) -> ServerSampler:
         status = str(_role_default("platform_defaults", "php_fpm_status_path"))
-        exporter_port = int(_role_default("monitoring", "monitoring_node_exporter_port"))
+        exporter_port = int(_role_default("platform_defaults", "node_exporter_port"))
         parts = urlsplit(target)
         nodes: list[Node] = []
         seen: set[str] = set()

@@ -44,10 +44,12 @@ class Target:
         return f"{self.user}@{self.host}:{self.port}/{self.dbname}"
 
 
-def target_of(site: Site) -> Target:
-    """The read-only role of a moodleops.site.Site (its password from site.secret)."""
-    return Target(host=site.db_host, port=site.db_port, dbname=site.db_name, user=site.db_ro_user,
-                  password=site.secret("db_ro_password"), prefix=site.db_prefix)
+def target_of(site: Site, *, primary: bool = False) -> Target:
+    """The read-only role of a moodleops.site.Site (its password from site.secret),
+    on its read host (the replica, when there is one). `primary`: a read that must
+    see the last write (an incident's plan), which a replica may not have replayed yet."""
+    return Target(host=site.db_host if primary else site.db_read_host, port=site.db_port, dbname=site.db_name,
+                  user=site.db_ro_user, password=site.secret("db_ro_password"), prefix=site.db_prefix)
 
 
 @contextmanager

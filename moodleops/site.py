@@ -34,6 +34,7 @@ class Site:
     state_dir: Path
     web_user: str
     db_host: str
+    db_read_host: str       # the replica, for measurements (moodle_db_read_host)
     db_port: int
     db_name: str
     db_prefix: str
@@ -95,6 +96,7 @@ def site_of(inv: Inventory) -> Site:
         state_dir=v.state_dir,
         web_user=v.web_user,
         db_host=v.db_host,
+        db_read_host=v.db_read_host,
         db_port=v.db_port,
         db_name=v.db_name,
         db_prefix=v.db_prefix,

@@ -69,7 +69,7 @@ class IncidentHelper:
         site = self.moodle.site
         rule = membership.rule_of(self.inv.platform)
         try:
-            with moodledb.connect(moodledb.target_of(site), application="moodleops-incident") as conn:
+            with moodledb.connect(moodledb.target_of(site, primary=True), application="moodleops-incident") as conn:
                 found = membership.members(conn, site.db_prefix, rule, self.inv.schools)
                 problems = membership.problems(conn, site.db_prefix, rule, self.inv.schools)
         except (moodledb.MoodleDBError, SiteError) as exc:

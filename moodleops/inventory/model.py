@@ -126,6 +126,7 @@ class Settings:
     wwwroot: str                  # moodle_wwwroot, without trailing slash
     php_version: str
     db_host: str
+    db_read_host: str             # moodle_db_read_host: where measurements read
     db_port: int
     db_name: str
     db_user: str

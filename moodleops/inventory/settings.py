@@ -55,6 +55,10 @@ SETTINGS: tuple[Setting, ...] = (
             "an http(s):// URL without spaces", _URL),
     Setting("php_version", "php_version", "text", "8.1", "a PHP version 'X.Y', quoted", _PHP),
     Setting("moodle_db_host", "db_host", "text", "127.0.0.1", "a host name or address", _HOST),
+    # Where measurements read (exporters, capacity reports, billing): the streaming
+    # replica when there is one, so scans never load the primary.
+    Setting("moodle_db_read_host", "db_read_host", "text", lambda done: done["db_host"],
+            "a host name or address", _HOST),
     Setting("moodle_db_port", "db_port", "int", 5432, minimum=1, maximum=65535),
     Setting("moodle_db_name", "db_name", "text", "moodle", "a database name [a-z_][a-z0-9_]*", _NAME),
     Setting("moodle_db_user", "db_user", "text", "moodle", "a role name [a-z_][a-z0-9_]*", _NAME),

@@ -47,18 +47,20 @@ def run(*argv: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
 
 
-def rules() -> list[dict[str, Any]]:
-    return [r for g in yaml.safe_load((RULES / "moodle.yml").read_text())["groups"] for r in g["rules"]]
+def rules(name: str = "moodle") -> list[dict[str, Any]]:
+    return [r for g in yaml.safe_load((RULES / f"{name}.yml").read_text())["groups"] for r in g["rules"]]
 
 
-def test_rules_are_valid_and_each_alert_fires_and_stays_quiet_in_promtool() -> None:
-    proc = run(PROMTOOL, "check", "rules", str(RULES / "moodle.yml"))
+# moodle.yml: the watch exporter's; hosts.yml: every host's node-exporter and the replica.
+@pytest.mark.parametrize("name", ["moodle", "hosts"])
+def test_rules_are_valid_and_each_alert_fires_and_stays_quiet_in_promtool(name: str) -> None:
+    proc = run(PROMTOOL, "check", "rules", str(RULES / f"{name}.yml"))
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    proc = run(PROMTOOL, "test", "rules", str(RULES / "moodle_test.yml"))
+    proc = run(PROMTOOL, "test", "rules", str(RULES / f"{name}_test.yml"))
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    alerts = {r["alert"] for r in rules()}
+    alerts = {r["alert"] for r in rules(name)}
     firing, quiet = set(), set()
-    for case in yaml.safe_load((RULES / "moodle_test.yml").read_text())["tests"]:
+    for case in yaml.safe_load((RULES / f"{name}_test.yml").read_text())["tests"]:
         for a in case["alert_rule_test"]:
             (firing if a["exp_alerts"] else quiet).add(a["alertname"])
     assert firing == alerts and quiet == alerts
@@ -67,7 +69,7 @@ def test_rules_are_valid_and_each_alert_fires_and_stays_quiet_in_promtool() -> N
 def test_every_alert_names_its_runbook_with_the_real_cli_verbs() -> None:
     from moodleops.cli import build_parser
 
-    for r in rules():
+    for r in rules() + rules("hosts"):
         assert r["annotations"].get("runbook"), r["alert"]
         assert r["labels"]["scope"] in ("security", "platform", "exporter"), r["alert"]
     by_name = {r["alert"]: r["annotations"]["runbook"] for r in rules()}

@@ -22,10 +22,9 @@ from moodleops.rehearsal.spec import load_rehearsal
 
 INV = load_inventory("rehearsal")
 SPEC = load_rehearsal(INV)
-# site.yml onto every host the platform tests use (gen1: base only, a host the
-# database must refuse). mon1 is a moodledata client; its monitoring role is not
-# ready for a remote host yet (docs/rehearsal.md).
-PLATFORM_PLAY = ["--limit", "lb1,web1,web2,db1,db2,data1,mon1,gen1", "--skip-tags", "monitoring"]
+# site.yml onto every host (gen1, gen2: base and node-exporter only; gen1 is a
+# host the database must refuse). mon1 mounts moodledata and runs the monitoring.
+PLATFORM_PLAY: list[str] = []
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from moodleops.rehearsal.spec import load_rehearsal
 
 # Keys whose values may differ, each with why. Anything else must be equal.
 ADDRESSES = {
-    "moodle_wwwroot", "moodle_db_host", "monitoring_sysadmin_emails", "monitoring_smtp_smarthost",
+    "moodle_wwwroot", "moodle_db_host", "moodle_db_read_host", "monitoring_sysadmin_emails", "monitoring_smtp_smarthost",
     "monitoring_smtp_from", "backup_s3_bucket", "backup_s3_prefix", "backup_export_smtp_host",
     "backup_export_mail_from",
 }

@@ -3,8 +3,7 @@ streaming replica of db1 through the postgresql role (pg_basebackup over the
 replication protocol, admitted by address), follows the primary's writes, and
 exports its state and lag (node-exporter's textfile collector); the platform's
 second run (test_platform_demo) changes nothing on either. Prometheus on mon1
-scraping it and the readers moved to the replica are not done yet
-(docs/rehearsal.md)."""
+scraping it and the exporters reading the replica: test_monitoring."""
 
 from __future__ import annotations
 

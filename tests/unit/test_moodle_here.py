@@ -55,3 +55,25 @@ def test_a_restore_onto_another_sites_moodle_refuses(capsys: pytest.CaptureFixtu
                "--confirm"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "inventory 'rehearsal': Moodle is not on this machine" in err[0], err
+
+
+def test_measurements_read_the_replica_and_an_incident_the_primary(monkeypatch: pytest.MonkeyPatch) -> None:
+    from moodleops import moodledb
+
+    monkeypatch.setenv("MOODLEOPS_DB_RO_PASSWORD", "x")
+    rehearsal = site_of(load_inventory("rehearsal"))
+    assert (moodledb.target_of(rehearsal).host, moodledb.target_of(rehearsal, primary=True).host) == \
+        ("10.0.3.214", "10.0.3.213")
+    local = site_of(load_inventory("local"))
+    # No replica: the read host is the database host.
+    assert moodledb.target_of(local).host == moodledb.target_of(local, primary=True).host == local.db_host
+
+
+def test_the_storage_exporter_on_a_host_without_moodle_uses_the_default_paths() -> None:
+    from moodleops.exporters.storage_config import ask_paths, moodle_paths
+
+    site = site_of(load_inventory("rehearsal"))
+    got, notes = ask_paths(site)   # no Moodle CLI spawned: it would refuse (NotOnThisMachine)
+    assert got is None and len(notes) == 1 and "Moodle is not on this host (its web nodes: web1, web2)" in notes[0]
+    paths, _ = moodle_paths(site)
+    assert paths.filedir == site.dataroot / "filedir"
