@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 
 from moodleops.commands import add_area, add_command
 from moodleops.inventory import Inventory, load_inventory
@@ -32,22 +33,21 @@ def _fail(exc: lifecycle.RehearsalError) -> int:
     return 1
 
 
-def cmd_up(args: argparse.Namespace) -> int:
+def _act(args: argparse.Namespace, action: Callable[[Rehearsal, Callable[[str], None]], None]) -> int:
     spec = _spec(args)
     try:
-        lifecycle.up(spec, _say)
+        action(spec, _say)
     except lifecycle.RehearsalError as exc:
         return _fail(exc)
     return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    return _act(args, lifecycle.up)
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    spec = _spec(args)
-    try:
-        lifecycle.prepare(spec, _say)
-    except lifecycle.RehearsalError as exc:
-        return _fail(exc)
-    return 0
+    return _act(args, lifecycle.prepare)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -67,12 +67,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_down(args: argparse.Namespace) -> int:
-    spec = _spec(args)
-    try:
-        lifecycle.down(spec, _say, purge=args.purge)
-    except lifecycle.RehearsalError as exc:
-        return _fail(exc)
-    return 0
+    return _act(args, lambda spec, say: lifecycle.down(spec, say, purge=args.purge))
 
 
 def register(areas: argparse._SubParsersAction) -> None:
