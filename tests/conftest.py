@@ -48,7 +48,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     from moodleops.rehearsal import lxc
     from moodleops.rehearsal.spec import load_rehearsal
 
-    containers = [i for i in session.items if {"platform", "rehearsal"} & set(getattr(i, "fixturenames", ()))]
+    containers = any({"platform", "rehearsal"} & set(getattr(i, "fixturenames", ())) for i in session.items)
     if not containers or session.config.option.collectonly or lxc.missing_tools():
         return   # nothing needs it, or the rehearsal's tests say what is missing
     logs = load_rehearsal(load_inventory("rehearsal")).state_dir / "logs"
