@@ -22,6 +22,9 @@ class Delivery:
     smtp_smarthost: str = ""
     smtp_from: str = ""
     webhook_base: str = ""        # http://127.0.0.1:PORT -> receiver R posts to <base>/R
+    # Alertmanager refuses a relay that offers no STARTTLS unless told otherwise
+    # (the rehearsal's relay on the monitoring host's loopback has no TLS).
+    smtp_require_tls: bool = True
 
     def __post_init__(self) -> None:
         if not self.webhook_base and not (self.smtp_smarthost and self.smtp_from):
@@ -61,5 +64,6 @@ def alertmanager_config(inv: Inventory, sysadmins: Sequence[str], delivery: Deli
                            "equal": ["instance"]}],
     }
     if not delivery.webhook_base:
-        cfg["global"] = {"smtp_smarthost": delivery.smtp_smarthost, "smtp_from": delivery.smtp_from}
+        cfg["global"] = {"smtp_smarthost": delivery.smtp_smarthost, "smtp_from": delivery.smtp_from,
+                         "smtp_require_tls": delivery.smtp_require_tls}
     return cfg

@@ -374,10 +374,13 @@ def run_alertmanager_config(args: argparse.Namespace) -> int:
     inv = load_inventory(args.inventory)
     v = inv.vars
     sysadmins = args.sysadmin or list(v.get("monitoring_sysadmin_emails") or [])
+    require_tls = v.get("monitoring_smtp_require_tls", True)
+    if not isinstance(require_tls, bool):
+        return _error(f"monitoring_smtp_require_tls: {require_tls!r} is not true or false (inventory group_vars)")
     try:
         delivery = Delivery(smtp_smarthost=args.smtp_smarthost or str(v.get("monitoring_smtp_smarthost") or ""),
                             smtp_from=args.smtp_from or str(v.get("monitoring_smtp_from") or ""),
-                            webhook_base=args.webhook or "")
+                            webhook_base=args.webhook or "", smtp_require_tls=require_tls)
         cfg = alertmanager_config(inv, sysadmins, delivery)
     except ValueError as exc:
         return _error(f"{exc} (set monitoring_sysadmin_emails, monitoring_smtp_smarthost and "

@@ -76,8 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
         except ModuleNotFoundError as exc:
             if (exc.name or "").startswith("moodleops"):
                 raise
-            # A lean host (a monitoring host installs only the exporter's
-            # dependencies): the area exists but says what it lacks.
+            # A platform host (the toolkit role installs only the `host`
+            # extra): the area exists but says what it lacks.
             _unavailable(areas, name, str(exc.name))
     return parser
 
@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _unavailable(areas: argparse._SubParsersAction, name: str, missing: str) -> None:
     def run(args: argparse.Namespace) -> int:
         print(f"moodleops: error: `moodleops {name}` needs the Python package {missing}, not installed "
-              "on this host (a monitoring host has only the exporter's): run it from the controller",
+              "on this host (a platform host has only the toolkit's `host` extra): run it from the controller",
               file=sys.stderr)
         return 2
     parser = areas.add_parser(name, help=f"(unavailable here: needs {missing})", add_help=False)

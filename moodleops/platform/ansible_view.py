@@ -18,9 +18,11 @@ class AnsibleViewError(RuntimeError):
     pass
 
 
-def role_vars(inv: Inventory, role: str, group: str, names: tuple[str, ...] | str) -> dict[str, Any]:
-    """Variables of `role` for the first host of `group`: `names` lists them,
-    or is a prefix (every variable starting with it)."""
+def role_vars(inv: Inventory, role: str, group: str, names: tuple[str, ...] | str, *,
+              host: str | None = None, optional: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Variables of `role` for the first host of `group` (or for `host`, one of
+    the group's): `names` lists them, or is a prefix (every variable starting
+    with it). Names in `optional` may be undefined: they are then left out."""
     # Read once at import by ansible.constants: the checkout's configuration
     # (roles path, the moodleops vars plugin), as for ansible-playbook.
     os.environ.setdefault("ANSIBLE_CONFIG", str(REPO_ROOT / "ansible.cfg"))
@@ -42,15 +44,17 @@ def role_vars(inv: Inventory, role: str, group: str, names: tuple[str, ...] | st
             init_plugin_loader()
         loader = DataLoader()
         loader.set_basedir(str(REPO_ROOT / "playbooks"))
-        manager = InventoryManager(loader=loader, sources=[str(inv.env_dir)])
+        # hosts.yml, not the directory: rehearsal.yml beside it is no Ansible inventory.
+        manager = InventoryManager(loader=loader, sources=[str(inv.env_dir / "hosts.yml")])
         variables = VariableManager(loader=loader, inventory=manager)
         play = Play.load({"hosts": group, "gather_facts": False, "roles": [role]},
                          variable_manager=variables, loader=loader)
-        host = manager.get_host(hosts[0].name)
-        found = variables.get_vars(play=play, host=host, include_hostvars=False)
-        wanted = [n for n in found if n.startswith(names)] if isinstance(names, str) else list(names)
+        name = host or hosts[0].name
+        found = variables.get_vars(play=play, host=manager.get_host(name), include_hostvars=False)
+        wanted = [n for n in found if n.startswith(names)] if isinstance(names, str) else \
+            [n for n in names if n in found or n not in optional]
         templar = Templar(loader=loader, variables=found)
         return {n: templar.template(found[n]) for n in wanted}
     except (AnsibleError, KeyError) as exc:
-        raise AnsibleViewError(f"Ansible cannot compute the variables of role {role} for {hosts[0].name}: "
+        raise AnsibleViewError(f"Ansible cannot compute the variables of role {role} for {host or hosts[0].name}: "
                                f"{' '.join(str(exc).split())}") from None

@@ -12,7 +12,11 @@ Data (--data key=value):
                       "suspend --school ifms_lot --reason 'phishing' --ticket SUP-7 --apply"
                       (without --apply the runbook only prints its dry run)
   moodleops_inventory inventory env name or directory (default: MOODLEOPS_INVENTORY or local)
-  moodleops_bin       the moodleops command on the host (default: moodleops)
+  moodleops_bin       the moodleops command on the host (default: moodleops; the
+                      inventory gives the toolkit role's launcher for SSH hosts)
+  host_inventory      the --inventory given on the host (default: moodleops_inventory;
+                      "" for the launcher's own copy)
+  incident_sudo       run it as root with sudo (the inventory sets it from ansible_become)
   journal_copy        the operator's journal copy directory (default: ~/.local/state/moodleops)
 
 Examples:
@@ -44,16 +48,20 @@ if not incident_args:
     raise DeployError("give the runbook: --data incident=\"suspend --school CODE --reason ... --ticket ...\"")
 env = str(host.data.get("moodleops_inventory") or os.environ.get("MOODLEOPS_INVENTORY") or "local")
 moodleops_bin = str(host.data.get("moodleops_bin") or "moodleops")
+host_inventory = host.data.get("host_inventory")
+host_inventory = env if host_inventory is None else str(host_inventory)
+sudo = bool(host.data.get("incident_sudo", False))
 copy_dir = Path(str(host.data.get("journal_copy") or DEFAULT_COPY_DIR)).expanduser()
 inv = load_inventory(env)
 host_journal = site_of(inv).state_dir / INCIDENTS_SUBDIR / JOURNAL_NAME
-argv = [moodleops_bin, "--inventory", env, "incident", *shlex.split(str(incident_args))]
+argv = [moodleops_bin, *(["--inventory", host_inventory] if host_inventory else []), "incident",
+        *shlex.split(str(incident_args))]
 # A host-side --journal-copy would land on the host: the operator's copy is fetched below instead.
 command = " ".join(shlex.quote(a) for a in [*argv, "--journal-copy", "-"])
 
 
 def run_runbook() -> None:
-    _ok, output = host.run_shell_command(command=f"{command}; echo {EXIT_MARK}$?")
+    _ok, output = host.run_shell_command(command=f"{command}; echo {EXIT_MARK}$?", _sudo=sudo)
     lines = output.stdout_lines
     code = next((int(ln[len(EXIT_MARK):]) for ln in reversed(lines) if ln.startswith(EXIT_MARK)), 99)
     for line in lines:
@@ -62,12 +70,13 @@ def run_runbook() -> None:
     for line in output.stderr_lines:
         print(f"[{host.name}] {line}")
     if code >= 2:
-        raise DeployError(f"{argv[3:]} exited {code} on {host.name}: nothing changed (see above)")
+        raise DeployError(f"moodleops incident {incident_args} exited {code} on {host.name}: "
+                          "nothing changed (see above)")
     # The whole journal: it is append-only, so the copy is a faithful mirror of the host's.
     copy_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    exists, _ = host.run_shell_command(command=f"test -f {shlex.quote(str(host_journal))}")
+    exists, _ = host.run_shell_command(command=f"test -f {shlex.quote(str(host_journal))}", _sudo=sudo)
     if exists:
-        host.get_file(str(host_journal), str(copy_dir / f"incidents-{inv.env}-{host.name}.jsonl"))
+        host.get_file(str(host_journal), str(copy_dir / f"incidents-{inv.env}-{host.name}.jsonl"), _sudo=sudo)
 
 
 if host.data.get("incident_runner", True):

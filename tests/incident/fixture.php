@@ -38,10 +38,18 @@ switch ($r['action']) {
         fixture_ensure_field($r['account_type_field']);
         $schools = [];
         foreach ($r['schools'] as $s) {
-            $cat = core_course_category::create(['name' => $s['name'], 'idnumber' => $s['category_idnumber'], 'parent' => 0]);
-            $cohortid = cohort_add_cohort((object)['contextid' => context_coursecat::instance($cat->id)->id,
-                'name' => $s['name'], 'idnumber' => $s['cohort_idnumber'], 'component' => '']);
-            $schools[$s['code']] = ['category_id' => (int)$cat->id, 'cohort_id' => (int)$cohortid];
+            // A school the site already has (the rehearsal's, made by the moodle role) is used as it is.
+            $catid = $DB->get_field('course_categories', 'id', ['idnumber' => $s['category_idnumber']]);
+            if (!$catid) {
+                $catid = core_course_category::create(['name' => $s['name'], 'idnumber' => $s['category_idnumber'],
+                    'parent' => 0])->id;
+            }
+            $cohortid = $DB->get_field('cohort', 'id', ['idnumber' => $s['cohort_idnumber']]);
+            if (!$cohortid) {
+                $cohortid = cohort_add_cohort((object)['contextid' => context_coursecat::instance($catid)->id,
+                    'name' => $s['name'], 'idnumber' => $s['cohort_idnumber'], 'component' => '']);
+            }
+            $schools[$s['code']] = ['category_id' => (int)$catid, 'cohort_id' => (int)$cohortid];
         }
         // One course in the first school, every test user enrolled: course members may message each other.
         $first = reset($schools);

@@ -1,5 +1,5 @@
 """The monitoring host runs the exporter from the toolkit's wheel with only the
-`exporter` extra: no Ansible, Locust, boto3 or pyinfra in its virtualenv, no
+`host` extra: no Ansible, Locust, boto3 or pyinfra in its virtualenv, no
 checkout copy, and the rest of the CLI says plainly that it is not there."""
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from moodleops.platform.ansible import PlaybookResult
 
 pytestmark = pytest.mark.stack
 
-DEFAULTS = yaml.safe_load((REPO_ROOT / "playbooks/roles/monitoring/defaults/main.yml").read_text())
-PREFIX = Path(DEFAULTS["monitoring_prefix"])
+DEFAULTS = yaml.safe_load((REPO_ROOT / "playbooks/roles/platform_defaults/defaults/main.yml").read_text())
+PREFIX = Path(DEFAULTS["moodleops_toolkit_prefix"])
 VENV = PREFIX / "venv"
 CONTROLLER_ONLY = {"ansible", "ansible-core", "ansible-lint", "locust", "boto3", "botocore", "pyinfra", "pytest"}
 
@@ -29,7 +29,7 @@ def _venv(*args: str) -> subprocess.CompletedProcess[str]:
                           timeout=120, check=False, cwd="/")
 
 
-def test_the_exporter_venv_holds_the_wheel_and_the_exporter_extra_only(provisioned: PlaybookResult | None) -> None:
+def test_the_exporter_venv_holds_the_wheel_and_the_host_extra_only(provisioned: PlaybookResult | None) -> None:
     listed = _venv("python", "-m", "pip", "list", "--format=json", "--disable-pip-version-check")
     assert listed.returncode == 0, listed.stderr
     # PEP 503 names: pip lists a distribution as its metadata spells it (prometheus_client).

@@ -28,9 +28,10 @@ SECRETS = {"moodle_db_password", "moodle_db_ro_password", "moodle_admin_password
 # Facts of this machine, not of the platform: the environment's name, no internet
 # (artifacts from the offline mirror), Debian 12's PHP 8.2 (production's 8.1 comes
 # from a repository not reachable here), no NFS in this kernel (moodledata over sshfs).
-# The export mail's relay is the operator's loopback test relay, without TLS.
+# The export mail's relay is the operator's loopback test relay, and the alerts'
+# a test sink on mon1's loopback: both without TLS.
 MACHINE = {"moodleops_env", "moodle_artifact_source", "php_version", "moodle_allow_unsupported_php",
-           "moodledata_protocol", "backup_export_smtp_starttls"}
+           "moodledata_protocol", "backup_export_smtp_starttls", "monitoring_smtp_require_tls"}
 # Only the rehearsal has them: where its generated key, known_hosts and secrets live
 # (production: the operators' own SSH setup and vault).
 REHEARSAL_ONLY = {

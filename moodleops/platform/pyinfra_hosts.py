@@ -1,0 +1,90 @@
+"""How the pyinfra deploys reach a platform host: as Ansible does (the same
+user, port, key and pinned known_hosts, computed by Ansible from the
+inventory), running the toolkit role's launcher there as root. One source for
+both tools, so a deploy never connects in a way the playbooks do not."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from typing import Any
+
+from moodleops.inventory import Inventory
+from moodleops.inventory.model import Host
+from moodleops.platform.ansible_view import role_vars
+
+_CONNECTION = ("ansible_connection", "ansible_user", "ansible_port", "ansible_ssh_private_key_file",
+               "ansible_ssh_common_args", "ansible_become")
+# `-o` options of ansible_ssh_common_args, as pyinfra's SSH connector names them.
+_SSH_OPTIONS = {"userknownhostsfile": "ssh_known_hosts_file",
+                "stricthostkeychecking": "ssh_strict_host_key_checking",
+                # pyinfra offers only the given key when one is given.
+                "identitiesonly": None}
+
+
+class PyinfraHostError(ValueError):
+    pass
+
+
+def pyinfra_host(inv: Inventory, host: Host) -> tuple[str, dict[str, Any]]:
+    """(pyinfra host name, its data) for an inventory host: "@local" for a
+    host Ansible reaches locally (the controller runs its own checkout), else
+    its inventory name with its address, the SSH data and the toolkit's
+    launcher, run with sudo."""
+    name = host.name
+    v = role_vars(inv, "toolkit", host.groups[0], (*_CONNECTION, "toolkit_launcher"), host=name,
+                  optional=_CONNECTION)
+    if v.get("ansible_connection") == "local":
+        return "@local", {}
+    if v.get("ansible_connection", "ssh") != "ssh":
+        raise PyinfraHostError(f"{name}: ansible_connection {v['ansible_connection']!r}: the deploys reach "
+                               "hosts over SSH only")
+    data: dict[str, Any] = {"ssh_hostname": host.address, "moodleops_bin": v["toolkit_launcher"], "host_inventory": "",
+                            "incident_sudo": bool(v.get("ansible_become", False))}
+    for key, field in (("ansible_user", "ssh_user"), ("ansible_port", "ssh_port"),
+                       ("ansible_ssh_private_key_file", "ssh_key")):
+        if v.get(key):
+            data[field] = int(v[key]) if field == "ssh_port" else str(v[key])
+    data.update(_ssh_options(name, str(v.get("ansible_ssh_common_args") or "")))
+    return name, data
+
+
+def _ssh_options(name: str, common_args: str) -> dict[str, str]:
+    words = shlex.split(common_args)
+    out: dict[str, str] = {}
+    while words:
+        word = words.pop(0)
+        option = word[2:] if word.startswith("-o") and len(word) > 2 else words.pop(0) if word == "-o" and words \
+            else None
+        key, _, value = (option or "").partition("=")
+        if option is None or key.lower() not in _SSH_OPTIONS or not value:
+            raise PyinfraHostError(f"{name}: ansible_ssh_common_args {word!r} has no pyinfra equivalent here "
+                                   f"(known: -o {', -o '.join(_SSH_OPTIONS)}); the deploys would not connect "
+                                   "as the playbooks do")
+        if _SSH_OPTIONS[key.lower()]:
+            out[str(_SSH_OPTIONS[key.lower()])] = value
+    return out
+
+
+def main(argv: list[str]) -> int:
+    """`python -m moodleops.platform.pyinfra_hosts ENV GROUP`: the group's
+    pyinfra hosts as JSON, for a pyinfra inventory file. A separate process:
+    Ansible, imported under pyinfra's gevent, makes gevent print a traceback
+    for a probe Ansible itself catches."""
+    from moodleops.errors import OpsError
+    from moodleops.platform.ansible_view import AnsibleViewError
+    from moodleops.validation import validate
+
+    env, group = argv
+    try:
+        inv = validate(env)
+        print(json.dumps([pyinfra_host(inv, h) for h in inv.group(group)]))
+    except (OpsError, AnsibleViewError, ValueError) as exc:     # InventoryError, PyinfraHostError
+        print(f"moodleops: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,48 @@
+"""The pyinfra deploys reach a host as the playbooks do: the same user, key and
+pinned known_hosts (computed by Ansible), the toolkit's launcher with sudo; an
+SSH option pyinfra cannot honour is refused, not dropped."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from moodleops.inventory import load_inventory
+from moodleops.platform.pyinfra_hosts import PyinfraHostError, _ssh_options, main, pyinfra_host
+
+
+def test_a_local_web_node_is_pyinfra_local() -> None:
+    inv = load_inventory("local")
+    assert pyinfra_host(inv, inv.group("web")[0]) == ("@local", {})
+
+
+def test_a_production_web_node_is_reached_by_name_with_sudo_and_the_launcher() -> None:
+    inv = load_inventory("production")
+    first = inv.group("web")[0]
+    name, data = pyinfra_host(inv, first)
+    assert name == first.name and data["ssh_hostname"] == first.address
+    assert data["ssh_user"] == "moodleops" and data["incident_sudo"] is True
+    assert data["moodleops_bin"] == "/usr/local/sbin/moodleops" and data["host_inventory"] == ""
+
+
+def test_the_rehearsal_ssh_options_become_pyinfra_data() -> None:
+    assert _ssh_options("web1", "-o IdentitiesOnly=yes -o StrictHostKeyChecking=yes "
+                                "-oUserKnownHostsFile=/state/known_hosts") == {
+        "ssh_strict_host_key_checking": "yes", "ssh_known_hosts_file": "/state/known_hosts"}
+    assert _ssh_options("web1", "") == {}
+
+
+@pytest.mark.parametrize("args", ["-o ProxyJump=bastion", "-J bastion", "-o", "-o StrictHostKeyChecking"])
+def test_an_ssh_option_pyinfra_cannot_honour_is_refused(args: str) -> None:
+    with pytest.raises(PyinfraHostError, match="web1: ansible_ssh_common_args .* has no pyinfra equivalent"):
+        _ssh_options("web1", args)
+
+
+def test_the_inventory_file_gets_json_or_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["production", "web"]) == 0
+    hosts = json.loads(capsys.readouterr().out)
+    assert [name for name, _data in hosts] == [h.name for h in load_inventory("production").group("web")]
+    assert main(["nope", "web"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "env: 'nope' is not valid" in err
