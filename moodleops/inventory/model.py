@@ -124,6 +124,7 @@ class Settings:
 
     env_name: str                 # moodleops_env
     wwwroot: str                  # moodle_wwwroot, without trailing slash
+    ca_bundle: Path | None        # moodle_ca_bundle: what the operator trusts for it (None: the system's)
     php_version: str
     db_host: str
     db_read_host: str             # moodle_db_read_host: where measurements read

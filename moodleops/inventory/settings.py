@@ -53,6 +53,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("moodleops_env", "env_name", "text", None, "a name such as local or production", _NAME),
     Setting("moodle_wwwroot", "wwwroot", "text", "http://127.0.0.1:8080",
             "an http(s):// URL without spaces", _URL),
+    # What the operator's machine trusts for moodle_wwwroot's certificate (the
+    # health check's login): unset, the system's CAs. A self-signed load
+    # balancer's certificate is fetched here by the tls_certificate role.
+    Setting("moodle_ca_bundle", "ca_bundle", "optional_path", None),
     Setting("php_version", "php_version", "text", "8.1", "a PHP version 'X.Y', quoted", _PHP),
     Setting("moodle_db_host", "db_host", "text", "127.0.0.1", "a host name or address", _HOST),
     # Where measurements read (exporters, capacity reports, billing): the streaming

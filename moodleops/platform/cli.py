@@ -12,7 +12,7 @@ from moodleops.faults import playbook_ssh_error
 from moodleops.inventory import Inventory, check_mirror, load_inventory
 from moodleops.platform.ansible import PlaybookResult, run_playbook
 from moodleops.platform.guard import PlatformHeld, platform_operation
-from moodleops.platform.health import check_health
+from moodleops.platform.health import check_health, moodle_probe
 from moodleops.platform.lock import PlatformLockBusy, PlatformLockError
 from moodleops.platform.secrets import ensure_local_secrets
 from moodleops.site import site_of
@@ -76,6 +76,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     health = check_health(inv, site_of(inv))
     print(health.render())
     return 0 if health.ok else 1
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    inv = load_inventory(args.inventory)
+    print(json.dumps(moodle_probe(inv, site_of(inv))))
+    return 0
 
 
 def _play_verdict(output: list[str]) -> str | None:
@@ -181,13 +187,23 @@ def register(areas: argparse._SubParsersAction) -> None:
         commands, "status", summary="health summary: each web node, versions from Moodle, plugins vs pins, "
                                     "HTTP login",
         description="With several web nodes, ask each one directly (past the load balancer) for Moodle's "
-                    "login page and name any that is down, with what to check. On a web node of the "
-                    "inventory, ask Moodle (as the web user, through its API) which core and plugin versions "
-                    "it has installed, compare them with the pins and say which external-service plugins have "
-                    "no API key (elsewhere, say that versions were not read). Log in over HTTP as the admin "
-                    "with the login-token flow.",
+                    "login page and name any that is down, with what to check. Ask Moodle (as the web user, "
+                    "through its API) which core and plugin versions it has installed, compare them with the "
+                    "pins and say which external-service plugins have no API key: here on a web node of the "
+                    "inventory, elsewhere on the first web node over SSH (`platform probe` there, connected as "
+                    "Ansible connects). Log in over HTTP as the admin with the login-token flow, trusting "
+                    "moodle_ca_bundle when the inventory names one.",
         epilog="exit status:\n  0  healthy (warnings allowed)\n  1  at least one problem\n")
     status.set_defaults(run=cmd_status)
+    probe = add_command(
+        commands, "probe", summary="what this web node's Moodle says, as one JSON line (for `status` over SSH)",
+        description="Ask the Moodle installed on this web node (as the web user, through its API) whether it is "
+                    "installed, its core and plugin versions as its database records them, maintenance, cron, "
+                    "and whether the plugins' API keys are set; print that as one JSON line. `platform status` "
+                    "run elsewhere reads it on the first web node over SSH (the toolkit role installs it there).",
+        epilog="exit status:\n  0  answered\n  2  this machine is not a web node of the inventory\n"
+               "  4  Moodle's CLI failed\n")
+    probe.set_defaults(run=cmd_probe)
     upgrade = add_command(
         commands, "upgrade", summary="patch to the pins: pre-flight, backup, maintenance, switch, rollback",
         description="Move the platform to the versions pinned in inventory/moodle.yml (a 4.1.x point release "

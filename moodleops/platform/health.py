@@ -3,15 +3,20 @@ plus a real HTTP login. Printed by `platform up` and `platform status`."""
 
 from __future__ import annotations
 
+import json
+import subprocess
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
 import requests
 
+from moodleops.errors import oneline
+from moodleops.faults import ssh_fault
 from moodleops.inventory import Inventory
 from moodleops.moodle import MoodleCLI, MoodleError
 from moodleops.platform.ansible_view import AnsibleViewError
+from moodleops.platform.host_access import PyinfraHostError, ssh_command
 from moodleops.platform.monitoring_health import check_monitoring, endpoints
 from moodleops.platform.nodes import probe_web_nodes
 from moodleops.site import Site, SiteError
@@ -44,14 +49,59 @@ def check_health(inv: Inventory, site: Site) -> Health:
     h = Health()
     h.lines.append(f"Moodle platform '{inv.env}' at {site.wwwroot}")
     _check_nodes(inv, site, h)
-    if not site.moodle_here:
-        # Moodle's CLI here would be another Moodle (or none): say so, never read the wrong site.
-        h.lines.append(f"  Moodle   versions not read: this machine is not a web node of '{inv.env}' "
-                       f"(run `moodleops -i {inv.env} platform status` on {site.web_nodes[0]} for them)")
-    elif not _check_moodle(inv, site, h):
+    # Moodle's CLI here would be another Moodle (or none): never read the wrong
+    # site. Elsewhere the first web node's own toolkit asks its Moodle, over SSH.
+    probe = _local_probe(inv, site, h) if site.moodle_here else _remote_probe(inv, h)
+    if probe is None or not _check_moodle(inv, probe, h):
         return h
     _check_login(inv, site, h)
     return h
+
+
+def moodle_probe(inv: Inventory, site: Site) -> dict[str, Any]:
+    """What this node's Moodle says (`platform probe`, read over SSH elsewhere)."""
+    return MoodleCLI(site).probe(*(s for p in inv.plugins for s in p.secrets))
+
+
+def _local_probe(inv: Inventory, site: Site, h: Health) -> dict[str, Any] | None:
+    try:
+        return moodle_probe(inv, site)
+    except (MoodleError, OSError) as exc:
+        h.problems.append(f"cannot read the site through Moodle: {exc}")
+        return None
+
+
+def _remote_probe(inv: Inventory, h: Health) -> dict[str, Any] | None:
+    """`moodleops platform probe` on the first web node, through the toolkit
+    role's launcher, over SSH as Ansible connects."""
+    node = inv.group("web")[0]
+    try:
+        argv = ssh_command(inv, node, "moodleops", "platform", "probe")
+    except (AnsibleViewError, PyinfraHostError) as exc:
+        h.problems.append(f"versions not read on {node.name}: {exc}")
+        return None
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False,
+                              stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        h.problems.append(f"versions not read on {node.name}: `moodleops platform probe` gave no answer "
+                          "within 120 s; check Moodle and the database from that node")
+        return None
+    last = proc.stdout.strip().splitlines()[-1:] or [""]
+    if proc.returncode == 255:
+        h.problems.append(f"versions not read on {node.name} over SSH: "
+                          f"{ssh_fault(node.ssh_address, proc.stderr).line()}")
+        return None
+    try:
+        answer: dict[str, Any] = json.loads(last[0])
+    except ValueError:
+        answer = {}
+    if proc.returncode != 0 or not isinstance(answer, dict) or "installed" not in answer:
+        why = oneline(proc.stderr or proc.stdout)[-300:] or f"exit {proc.returncode}"
+        h.problems.append(f"versions not read on {node.name}: `moodleops platform probe` there: {why}")
+        return None
+    h.lines.append(f"  Moodle   read on {node.name} over SSH (this machine is not a web node of '{inv.env}')")
+    return answer
 
 
 def _check_nodes(inv: Inventory, site: Site, h: Health) -> None:
@@ -68,14 +118,8 @@ def _check_nodes(inv: Inventory, site: Site, h: Health) -> None:
             h.problems.append(f"web node {a.host} is down: {a.detail}")
 
 
-def _check_moodle(inv: Inventory, site: Site, h: Health) -> bool:
-    """What Moodle itself says, against the pins; False when it cannot be read."""
-    try:
-        settings = [s for p in inv.plugins for s in p.secrets]
-        probe: dict[str, Any] = MoodleCLI(site).probe(*settings)
-    except (MoodleError, OSError) as exc:
-        h.problems.append(f"cannot read the site through Moodle: {exc}")
-        return False
+def _check_moodle(inv: Inventory, probe: dict[str, Any], h: Health) -> bool:
+    """What Moodle itself says, against the pins; False when it is not installed."""
     if not probe.get("installed"):
         h.problems.append("Moodle is not installed")
         return False
@@ -114,9 +158,17 @@ def _check_moodle(inv: Inventory, site: Site, h: Health) -> bool:
 
 
 def _check_login(inv: Inventory, site: Site, h: Health) -> None:
+    http = requests.Session()
+    ca = inv.settings.ca_bundle
+    if ca is not None:
+        http.verify = str(ca)
+        # Else REQUESTS_CA_BUNDLE in the environment would win over it (requests' merge order).
+        http.trust_env = False
     try:
-        session = login(site.wwwroot, inv.settings.admin_user,
-                        site.secret("admin_password"))
+        if ca is not None and not ca.is_file():
+            raise SiteError(f"moodle_ca_bundle {ca} does not exist (a self-signed certificate is fetched "
+                            "there by `platform up`)")
+        session = login(site.wwwroot, inv.settings.admin_user, site.secret("admin_password"), http=http)
         h.lines.append(f"  HTTP     login as admin OK (session alive: {session.is_logged_in()})")
     except (LoginFailed, SiteError, requests.RequestException) as exc:
         h.problems.append(f"HTTP login failed: {exc}")

@@ -16,7 +16,7 @@ Data (--data key=value):
                       inventory gives the toolkit role's launcher for SSH hosts)
   host_inventory      the --inventory given on the host (default: moodleops_inventory;
                       "" for the launcher's own copy)
-  incident_sudo       run it as root with sudo (the inventory sets it from ansible_become)
+  toolkit_sudo        run it as root with sudo (the inventory sets it from ansible_become)
   journal_copy        the operator's journal copy directory (default: ~/.local/state/moodleops)
 
 Examples:
@@ -50,7 +50,7 @@ env = str(host.data.get("moodleops_inventory") or os.environ.get("MOODLEOPS_INVE
 moodleops_bin = str(host.data.get("moodleops_bin") or "moodleops")
 host_inventory = host.data.get("host_inventory")
 host_inventory = env if host_inventory is None else str(host_inventory)
-sudo = bool(host.data.get("incident_sudo", False))
+sudo = bool(host.data.get("toolkit_sudo", False))
 copy_dir = Path(str(host.data.get("journal_copy") or DEFAULT_COPY_DIR)).expanduser()
 inv = load_inventory(env)
 host_journal = site_of(inv).state_dir / INCIDENTS_SUBDIR / JOURNAL_NAME

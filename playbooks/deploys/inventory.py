@@ -2,7 +2,7 @@
 (MOODLEOPS_INVENTORY, default production): no host is written twice. Only the
 first web host runs incident runbooks (`incident_runner`): the database is shared.
 
-Each host is reached as Ansible reaches it (moodleops/platform/pyinfra_hosts.py:
+Each host is reached as Ansible reaches it (moodleops/platform/host_access.py:
 its address, user, key and pinned known_hosts, computed by Ansible), and the
 runbook runs there as root through the toolkit role's launcher, which reads the
 host's own copy of the inventory.
@@ -26,9 +26,9 @@ logging.getLogger("paramiko").setLevel(logging.CRITICAL)
 _env = os.environ.get("MOODLEOPS_INVENTORY", "production")
 # Validated and computed as for `moodleops inventory check` and the playbooks, in
 # a process of its own (Ansible and pyinfra's gevent do not mix).
-_found = subprocess.run([sys.executable, "-m", "moodleops.platform.pyinfra_hosts", _env, "web"],
+_found = subprocess.run([sys.executable, "-m", "moodleops.platform.host_access", _env, "web"],
                         capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL)
 if _found.returncode != 0:
-    raise InventoryError(_found.stderr.strip() or f"moodleops.platform.pyinfra_hosts exited {_found.returncode}")
+    raise InventoryError(_found.stderr.strip() or f"moodleops.platform.host_access exited {_found.returncode}")
 web = [(name, {**data, "incident_runner": i == 0, "moodleops_inventory": _env})
        for i, (name, data) in enumerate(json.loads(_found.stdout))]

@@ -1,6 +1,6 @@
 """What the rehearsal's test modules share: the rehearsal brought up for a module
-and always brought down, site.yml played on its hosts, commands run on a host
-over SSH, and lb1's certificate to trust."""
+and always brought down, commands run on a host over SSH, and lb1's
+certificate to trust."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pytest
 
 from moodleops import REPO_ROOT
 from moodleops.inventory import load_inventory
-from moodleops.platform.ansible import PlaybookResult, run_playbook
+from moodleops.platform.ansible import PlaybookResult
 from moodleops.rehearsal import lxc, ssh
 from moodleops.rehearsal.spec import load_rehearsal
 
@@ -29,10 +29,11 @@ PLATFORM_PLAY: list[str] = []
 
 @dataclass(frozen=True)
 class Platform:
-    """The platform played onto the rehearsal (conftest.py's `platform`); the
-    first run's success is asserted by play()."""
+    """The platform brought up on the rehearsal (conftest.py's `platform`: the
+    first run by `platform up`, whose success the fixture asserts)."""
     second: PlaybookResult
     ca: Path            # lb1's certificate, the only one to trust
+    up: str             # what `moodleops -i rehearsal platform up` printed
 
 
 def moodleops(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -57,13 +58,6 @@ def rehearsal_up() -> Iterator[None]:
         yield
     finally:
         moodleops("rehearsal", "down")
-
-
-def play(args: list[str], tail: int = 60) -> PlaybookResult:
-    """site.yml on the rehearsal; a failed first run fails the module with its last lines."""
-    result = run_playbook(INV, "site.yml", args, echo=False)
-    assert result.ok, "\n".join(result.output[-tail:])
-    return result
 
 
 def lb1_certificate(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -32,11 +32,12 @@ SECRETS = {"moodle_db_password", "moodle_db_ro_password", "moodle_admin_password
 # a test sink on mon1's loopback: both without TLS.
 MACHINE = {"moodleops_env", "moodle_artifact_source", "php_version", "moodle_allow_unsupported_php",
            "moodledata_protocol", "backup_export_smtp_starttls", "monitoring_smtp_require_tls"}
-# Only the rehearsal has them: where its generated key, known_hosts and secrets live
-# (production: the operators' own SSH setup and vault).
+# Only the rehearsal has them: where its generated key, known_hosts, secrets and
+# lb1's self-signed certificate live (production: the operators' own SSH setup,
+# vault, UT's PKI trusted by the system).
 REHEARSAL_ONLY = {
     "moodle_artifact_mirror", "moodleops_rehearsal_dir", "ansible_ssh_private_key_file",
-    "ansible_ssh_common_args", "moodleops_local_secrets_dir", "moodleops_secrets_dir",
+    "ansible_ssh_common_args", "moodleops_local_secrets_dir", "moodleops_secrets_dir", "moodle_ca_bundle",
 }
 # Not rehearsed yet, with the issue that brings it: the scheduled backup jobs need
 # the toolkit on the job host, which the rehearsal does not install (#13).

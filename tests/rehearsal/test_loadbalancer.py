@@ -15,7 +15,7 @@ from pathlib import Path
 
 import requests
 
-from .rehearsal_run import SPEC, Platform, moodleops, on
+from .rehearsal_run import INV, SPEC, Platform, moodleops, on
 
 LB = SPEC.host("lb1")
 WEB2 = SPEC.host("web2")
@@ -81,10 +81,15 @@ def test_a_failing_node_is_taken_out_and_back(platform: Platform) -> None:
     assert set(seen) == {"200 web1", "200 web2"}, seen
     up = _status(ca)
     assert up.returncode == 0 and re.search(r"Node +web2 +OK", up.stdout), up.stdout + up.stderr
-    # Not a web node of the rehearsal: the local stack's Moodle CLI must not be read as the rehearsal's.
-    assert "versions not read: this machine is not a web node of 'rehearsal'" in up.stdout, up.stdout
+    # Not a web node of the rehearsal: its versions are read on web1 over SSH (the toolkit's
+    # `platform probe` there), never from this machine's Moodle CLI.
+    assert "Moodle   read on web1 over SSH (this machine is not a web node of 'rehearsal')" in up.stdout, up.stdout
+    assert re.search(rf"Moodle   \S+ .*\(version \S+; pinned {re.escape(INV.core.version_text)}\)  OK", up.stdout), up.stdout
+    assert f"Plugins  {len(INV.plugins)}/{len(INV.plugins)} at their pinned version" in up.stdout, up.stdout
     assert "login as admin OK" in up.stdout, up.stdout
 
 
 def _status(ca: Path) -> subprocess.CompletedProcess[str]:
-    return moodleops("-i", "rehearsal", "platform", "status", env={"REQUESTS_CA_BUNDLE": str(ca)})
+    # No REQUESTS_CA_BUNDLE: the login trusts the inventory's moodle_ca_bundle, lb1's certificate.
+    assert INV.settings.ca_bundle is not None and INV.settings.ca_bundle.read_bytes() == ca.read_bytes()
+    return moodleops("-i", "rehearsal", "platform", "status")

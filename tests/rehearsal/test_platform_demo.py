@@ -1,6 +1,9 @@
-"""Demonstration 1 of #13: the platform provisioned by site.yml onto the
-rehearsal's separate hosts over SSH (conftest.py's `platform`: every host of
-the rehearsal, mon1 with its monitoring), Moodle answering
+"""Demonstration 1 of #13: the platform brought up by `moodleops -i rehearsal
+platform up` (site.yml onto the rehearsal's separate hosts over SSH, then the
+health summary; conftest.py's `platform`: every host of the rehearsal, mon1
+with its monitoring), the summary naming both web nodes and an admin login
+through lb1 that trusts only lb1's certificate (fetched by the haproxy role
+into moodle_ca_bundle), Moodle answering
 through lb1 from both web nodes (named in X-Served-By), an admin session
 started on one node continuing on the other, a file uploaded through one node
 downloading through the other, cron running on exactly one node, a second run
@@ -24,6 +27,20 @@ from .rehearsal_run import INV, PLATFORM_PLAY, SPEC, Platform, on
 
 LB = SPEC.host("lb1")
 WWWROOT = f"https://{LB.address}"
+
+
+def test_platform_up_shows_the_platform_working(platform: Platform) -> None:
+    lines = platform.up.splitlines()
+    for node in ("web1", "web2"):
+        assert any(line.split()[:3] == ["Node", node, "OK"] for line in lines), platform.up[-3000:]
+    assert any("HTTP     login as admin OK (session alive: True)" in line for line in lines), platform.up[-3000:]
+    # The versions, from web1's own Moodle (the toolkit's `platform probe` there, over SSH).
+    assert "  Moodle   read on web1 over SSH (this machine is not a web node of 'rehearsal')" in lines
+    assert f"  Plugins  {len(INV.plugins)}/{len(INV.plugins)} at their pinned version" in lines
+    assert lines[-1].strip() == "Verdict  OK", platform.up[-3000:]
+    # What it trusted is what lb1 serves (read over SSH), and nothing else.
+    assert INV.settings.ca_bundle is not None
+    assert INV.settings.ca_bundle.read_text(encoding="utf-8") == platform.ca.read_text(encoding="utf-8")
 
 
 def test_second_run_changes_nothing(platform: Platform) -> None:

@@ -1,7 +1,8 @@
-"""How the pyinfra deploys reach a platform host: as Ansible does (the same
+"""How the operator's side reaches a platform host: as Ansible does (the same
 user, port, key and pinned known_hosts, computed by Ansible from the
 inventory), running the toolkit role's launcher there as root. One source for
-both tools, so a deploy never connects in a way the playbooks do not."""
+the pyinfra deploys and the commands that ask a host over SSH, so nothing
+connects in a way the playbooks do not."""
 
 from __future__ import annotations
 
@@ -41,13 +42,34 @@ def pyinfra_host(inv: Inventory, host: Host) -> tuple[str, dict[str, Any]]:
         raise PyinfraHostError(f"{name}: ansible_connection {v['ansible_connection']!r}: the deploys reach "
                                "hosts over SSH only")
     data: dict[str, Any] = {"ssh_hostname": host.address, "moodleops_bin": v["toolkit_launcher"], "host_inventory": "",
-                            "incident_sudo": bool(v.get("ansible_become", False))}
+                            "toolkit_sudo": bool(v.get("ansible_become", False))}
     for key, field in (("ansible_user", "ssh_user"), ("ansible_port", "ssh_port"),
                        ("ansible_ssh_private_key_file", "ssh_key")):
         if v.get(key):
             data[field] = int(v[key]) if field == "ssh_port" else str(v[key])
     data.update(_ssh_options(name, str(v.get("ansible_ssh_common_args") or "")))
     return name, data
+
+
+def ssh_command(inv: Inventory, host: Host, *remote: str, timeout_s: int = 10) -> list[str]:
+    """OpenSSH's argv running `remote` (the launcher first: "moodleops", ...)
+    on `host` as root, with the connection of pyinfra_host()."""
+    name, data = pyinfra_host(inv, host)
+    if name == "@local":
+        raise PyinfraHostError(f"{host.name}: Ansible reaches it locally: run the command here")
+    argv = ["ssh", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={timeout_s}",
+            "-o", f"StrictHostKeyChecking={data.get('ssh_strict_host_key_checking', 'yes')}"]
+    for field, option in (("ssh_user", "-l"), ("ssh_port", "-p"), ("ssh_key", "-i")):
+        if field in data:
+            argv += [option, str(data[field])]
+    if "ssh_key" in data:
+        argv += ["-o", "IdentitiesOnly=yes"]
+    if "ssh_known_hosts_file" in data:
+        argv += ["-o", f"UserKnownHostsFile={data['ssh_known_hosts_file']}"]
+    launcher, *args = remote
+    sudo = ["sudo", "-n"] if data["toolkit_sudo"] else []
+    command = [*sudo, data["moodleops_bin"] if launcher == "moodleops" else launcher, *args]
+    return [*argv, host.address, " ".join(shlex.quote(a) for a in command)]
 
 
 def _ssh_options(name: str, common_args: str) -> dict[str, str]:
@@ -68,7 +90,7 @@ def _ssh_options(name: str, common_args: str) -> dict[str, str]:
 
 
 def main(argv: list[str]) -> int:
-    """`python -m moodleops.platform.pyinfra_hosts ENV GROUP`: the group's
+    """`python -m moodleops.platform.host_access ENV GROUP`: the group's
     pyinfra hosts as JSON, for a pyinfra inventory file. A separate process:
     Ansible, imported under pyinfra's gevent, makes gevent print a traceback
     for a probe Ansible itself catches."""

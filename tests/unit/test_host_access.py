@@ -9,7 +9,7 @@ import json
 import pytest
 
 from moodleops.inventory import load_inventory
-from moodleops.platform.pyinfra_hosts import PyinfraHostError, _ssh_options, main, pyinfra_host
+from moodleops.platform.host_access import PyinfraHostError, _ssh_options, main, pyinfra_host
 
 
 def test_a_local_web_node_is_pyinfra_local() -> None:
@@ -22,7 +22,7 @@ def test_a_production_web_node_is_reached_by_name_with_sudo_and_the_launcher() -
     first = inv.group("web")[0]
     name, data = pyinfra_host(inv, first)
     assert name == first.name and data["ssh_hostname"] == first.address
-    assert data["ssh_user"] == "moodleops" and data["incident_sudo"] is True
+    assert data["ssh_user"] == "moodleops" and data["toolkit_sudo"] is True
     assert data["moodleops_bin"] == "/usr/local/sbin/moodleops" and data["host_inventory"] == ""
 
 
