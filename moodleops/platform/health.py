@@ -52,8 +52,11 @@ def check_health(inv: Inventory, site: Site) -> Health:
     # Moodle's CLI here would be another Moodle (or none): never read the wrong
     # site. Elsewhere the first web node's own toolkit asks its Moodle, over SSH.
     probe = _local_probe(inv, site, h) if site.moodle_here else _remote_probe(inv, h)
-    if probe is None or not _check_moodle(inv, probe, h):
-        return h
+    if probe is not None and not _check_moodle(inv, probe, h):
+        return h        # not installed: there is no login to try
+    if probe is None and site.moodle_here:
+        return h        # this node's own Moodle cannot be read: neither can its login page
+    # A node unreachable over SSH says nothing of the site: its HTTP login still gets a verdict.
     _check_login(inv, site, h)
     return h
 

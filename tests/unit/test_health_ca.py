@@ -11,7 +11,7 @@ import yaml
 
 from moodleops import REPO_ROOT
 from moodleops.inventory import load_inventory
-from moodleops.platform.health import Health, _check_login, _remote_probe
+from moodleops.platform.health import Health, _check_login, _remote_probe, check_health
 from moodleops.site import site_of
 from tests.prom_loopback import free_port
 
@@ -42,7 +42,7 @@ def test_unset_it_is_none_and_the_system_cas_are_used() -> None:
     assert load_inventory("production").settings.ca_bundle is None
 
 
-def test_versions_unreadable_over_ssh_are_one_problem_naming_the_node(tmp_path: Path) -> None:
+def _unreachable_web_node(tmp_path: Path) -> tuple[Path, int]:
     env = _inventory_with_ca(tmp_path, tmp_path / "unused.crt")
     port = free_port()      # nothing listens there: ssh is refused, on loopback
     (env / "hosts.yml").write_text(yaml.safe_dump({"all": {"children": {
@@ -50,9 +50,24 @@ def test_versions_unreadable_over_ssh_are_one_problem_naming_the_node(tmp_path: 
                                    "ansible_connection": "ssh", "ansible_user": "moodleops"}}},
         **{group: {"hosts": {"web1": None}} for group in ("db_primary", "moodledata", "monitoring")}}}}),
         encoding="utf-8")
+    return env, port
+
+
+def test_versions_unreadable_over_ssh_are_one_problem_naming_the_node(tmp_path: Path) -> None:
+    env, port = _unreachable_web_node(tmp_path)
     inv = load_inventory(str(env))
     h = Health()
     assert _remote_probe(inv, h) is None
     assert len(h.problems) == 1, h.problems
     assert h.problems[0].startswith(f"versions not read on web1 over SSH: SSH 127.0.0.1:{port}: "
                                     "connection refused (check that sshd runs"), h.problems
+
+
+def test_a_node_unreachable_over_ssh_still_gets_the_login_verdict(tmp_path: Path) -> None:
+    env, _port = _unreachable_web_node(tmp_path)
+    (tmp_path / "unused.crt").write_text("not a certificate\n", encoding="utf-8")
+    inv = load_inventory(str(env))
+    site = site_of(inv)
+    site.__dict__["moodle_here"] = False     # as on an operator's machine (the node is on loopback here)
+    h = check_health(inv, site)
+    assert [p.split(":")[0] for p in h.problems] == ["versions not read on web1 over SSH", "HTTP login failed"]
