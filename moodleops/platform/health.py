@@ -79,7 +79,7 @@ def _remote_probe(inv: Inventory, h: Health) -> dict[str, Any] | None:
     role's launcher, over SSH as Ansible connects."""
     node = inv.group("web")[0]
     try:
-        argv = ssh_command(inv, node, "moodleops", "platform", "probe")
+        argv = ssh_command(inv, node, "platform", "probe")
     except (AnsibleViewError, PyinfraHostError) as exc:
         h.problems.append(f"versions not read on {node.name}: {exc}")
         return None
@@ -90,11 +90,11 @@ def _remote_probe(inv: Inventory, h: Health) -> dict[str, Any] | None:
         h.problems.append(f"versions not read on {node.name}: `moodleops platform probe` gave no answer "
                           "within 120 s; check Moodle and the database from that node")
         return None
-    last = proc.stdout.strip().splitlines()[-1:] or [""]
     if proc.returncode == 255:
         h.problems.append(f"versions not read on {node.name} over SSH: "
                           f"{ssh_fault(node.ssh_address, proc.stderr).line()}")
         return None
+    last = proc.stdout.strip().splitlines()[-1:] or [""]
     try:
         answer: dict[str, Any] = json.loads(last[0])
     except ValueError:

@@ -51,9 +51,9 @@ def pyinfra_host(inv: Inventory, host: Host) -> tuple[str, dict[str, Any]]:
     return name, data
 
 
-def ssh_command(inv: Inventory, host: Host, *remote: str, timeout_s: int = 10) -> list[str]:
-    """OpenSSH's argv running `remote` (the launcher first: "moodleops", ...)
-    on `host` as root, with the connection of pyinfra_host()."""
+def ssh_command(inv: Inventory, host: Host, *args: str, timeout_s: int = 10) -> list[str]:
+    """OpenSSH's argv running `moodleops ARGS` (the toolkit's launcher) on
+    `host` as root, with the connection of pyinfra_host()."""
     name, data = pyinfra_host(inv, host)
     if name == "@local":
         raise PyinfraHostError(f"{host.name}: Ansible reaches it locally: run the command here")
@@ -66,9 +66,8 @@ def ssh_command(inv: Inventory, host: Host, *remote: str, timeout_s: int = 10) -
         argv += ["-o", "IdentitiesOnly=yes"]
     if "ssh_known_hosts_file" in data:
         argv += ["-o", f"UserKnownHostsFile={data['ssh_known_hosts_file']}"]
-    launcher, *args = remote
     sudo = ["sudo", "-n"] if data["toolkit_sudo"] else []
-    command = [*sudo, data["moodleops_bin"] if launcher == "moodleops" else launcher, *args]
+    command = [*sudo, data["moodleops_bin"], *args]
     return [*argv, host.address, " ".join(shlex.quote(a) for a in command)]
 
 

@@ -5,6 +5,7 @@ certificate to trust."""
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -45,6 +46,20 @@ def moodleops(*args: str, env: dict[str, str] | None = None) -> subprocess.Compl
 def on(host: str, command: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
     return subprocess.run(ssh.ssh_argv(SPEC, SPEC.host(host), command), input=stdin, capture_output=True,
                           text=True, timeout=60, check=False)
+
+
+def secret(name: str) -> str:
+    """A secret `rehearsal up` generated (db_password, db_ro_password, admin_password, ...)."""
+    return (SPEC.state_dir / "secrets" / name).read_text(encoding="utf-8").strip()
+
+
+def psql(host: str, sql: str, *, user: str, password: str, db_host: str, options: str = "-tA"
+         ) -> subprocess.CompletedProcess[str]:
+    """`psql -c sql` on `host` as `user`; the password (a secret's name) goes over stdin, never
+    into an argument."""
+    db = INV.settings
+    return on(host, f"read -r PGPASSWORD; export PGPASSWORD; psql -h {db_host} -p {db.db_port} -U {user} "
+                    f"-d {db.db_name} {options} -c {shlex.quote(sql)}", secret(password) + "\n")
 
 
 @contextmanager

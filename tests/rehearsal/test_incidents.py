@@ -25,7 +25,7 @@ import pytest
 from moodleops import REPO_ROOT
 from moodleops.site import site_of
 
-from .rehearsal_run import INV, SPEC, Platform, on
+from .rehearsal_run import INV, SPEC, Platform, on, psql
 
 PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
 SITE = site_of(INV)
@@ -50,16 +50,11 @@ class Members:
         """short name -> mdl_user.suspended, read on the primary (the last write, no replica lag)."""
         sql = (f"select username, suspended from {SITE.db_prefix}user "
                f"where username like '{self.prefix}%' and deleted = 0 order by username")
-        proc = on("web1", f"read -r PGPASSWORD; export PGPASSWORD; psql -h {SITE.db_host} -p {SITE.db_port} "
-                          f"-U {SITE.db_ro_user} -d {SITE.db_name} -tA -F ' ' -c \"{sql}\"",
-                  _secret("db_ro_password") + "\n")
+        proc = psql("web1", sql, user=SITE.db_ro_user, password="db_ro_password", db_host=SITE.db_host,
+                    options="-tA -F ' '")
         assert proc.returncode == 0, proc.stderr
         rows = dict(line.split() for line in proc.stdout.splitlines() if line.strip())
         return {name.removeprefix(self.prefix): int(flag) for name, flag in rows.items()}
-
-
-def _secret(name: str) -> str:
-    return (SPEC.state_dir / "secrets" / name).read_text(encoding="utf-8").strip()
 
 
 @pytest.fixture(scope="module")

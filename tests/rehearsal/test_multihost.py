@@ -10,16 +10,12 @@ import subprocess
 
 import pytest
 
-from .rehearsal_run import SPEC, Platform, on
-
-SECRETS = SPEC.state_dir / "secrets"
+from .rehearsal_run import SPEC, Platform, on, psql
 
 
 def _psql(host: str) -> subprocess.CompletedProcess[str]:
-    # The password goes over stdin, never into an argument.
-    db = SPEC.host("db1").address
-    return on(host, f"read -r PGPASSWORD; export PGPASSWORD; psql -h {db} -U moodle -d moodle -tAc "
-                    "'select inet_client_addr()'", (SECRETS / "db_password").read_text(encoding="utf-8") + "\n")
+    return psql(host, "select inet_client_addr()", user="moodle", password="db_password",
+                db_host=SPEC.host("db1").address)
 
 
 @pytest.mark.parametrize("client", ["web1", "web2", "mon1"])

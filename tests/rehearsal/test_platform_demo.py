@@ -23,7 +23,7 @@ import requests
 from moodleops.platform.ansible import run_playbook
 from moodleops.webclient import MoodleSession, login
 
-from .rehearsal_run import INV, PLATFORM_PLAY, SPEC, Platform, on
+from .rehearsal_run import INV, PLATFORM_PLAY, SPEC, Platform, on, secret
 
 LB = SPEC.host("lb1")
 WWWROOT = f"https://{LB.address}"
@@ -108,10 +108,6 @@ def admin_session(ca: Path) -> MoodleSession:
     http.trust_env = False
     http.verify = str(ca)
     return login(WWWROOT, "admin", secret("admin_password"), http=http)
-
-
-def secret(name: str) -> str:
-    return (SPEC.state_dir / "secrets" / name).read_text(encoding="utf-8").strip()
 
 
 def test_file_uploaded_through_one_node_downloads_through_the_other(
