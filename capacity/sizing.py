@@ -163,6 +163,17 @@ def to_text(s: Sizing, load: LoadSummary, p: SizingParams) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _served_by(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The peak window's figures per web node that answered (`nodes`, from the
+    load balancer's header), when the run went through one."""
+    nodes = (doc.get("peak_window") or {}).get("nodes") or {}
+    try:
+        return {str(n): {"rps": float(f["rps"]), "p95_ms": float(f["p95_ms"]), "requests": int(f["requests"])}
+                for n, f in nodes.items()}
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise CapacityError(f"peak_window.nodes: a field is missing or malformed ({exc})") from None
+
+
 def _peak_workers(doc: dict[str, Any]) -> tuple[int, dict[str, tuple[int, float]]]:
     """php-fpm workers the pools held during the run's peak window (sum over
     web nodes of each pool's largest size then), and per node (workers, CPU peak)."""
@@ -186,7 +197,8 @@ def from_runs(paths: list[Path], php_fpm_workers: int | None) -> LoadSummary:
     `php_fpm_workers` when the run has no samples) — a lower bound of what a
     worker sustains; demand per user = the load model's pages per second per
     concurrent user at its peak. Runs on several web nodes (the multi-host
-    rehearsal) add their per-node figures as notes."""
+    rehearsal) add their per-node figures as notes; without samples, the
+    given workers count per node that answered."""
     points, best, demand = [], (0.0, 0, ""), None
     notes: list[str] = []
     for path in paths:
@@ -203,12 +215,19 @@ def from_runs(paths: list[Path], php_fpm_workers: int | None) -> LoadSummary:
         if users <= 0 or p95 <= 0:
             raise CapacityError(f"{path}: users {users:g} / p95 {p95:g} ms is not valid (a run that sent requests)")
         workers, per_node = _peak_workers(doc)
+        served = _served_by(doc)
         how = "sampled in its peak window"
         if workers < 1:
             if php_fpm_workers is None or php_fpm_workers < 1:
                 raise CapacityError(f"{path}: the run has no php-fpm samples; php-fpm workers "
                                     f"{php_fpm_workers!r} is not valid (an integer >= 1, --php-fpm-workers)")
-            workers, how = php_fpm_workers, "given"
+            # Per node (php_fpm_max_children), times the nodes that answered.
+            nodes = max(1, len(served))
+            workers, how = php_fpm_workers * nodes, f"given: {php_fpm_workers} per node x {nodes} node(s)"
+        if served:
+            notes.append(f"{path.name}: peak window per web node (the load balancer's answer header): " + ", ".join(
+                f"{n} {f['rps']:.2f} req/s, p95 {f['p95_ms']:g} ms, {f['requests']} requests"
+                for n, f in sorted(served.items())))
         if len(per_node) > 1:
             notes.append(f"{path.name}: {len(per_node)} web nodes, " + ", ".join(
                 f"{n} {w} workers / CPU peak {c:.0%}" for n, (w, c) in sorted(per_node.items()))

@@ -1,4 +1,8 @@
-"""`moodleops loadtest model|prepare|inspect|cleanup|run`."""
+"""`moodleops loadtest model|prepare|inspect|record|cleanup|run`.
+
+On a machine that is not a web node (the operator's side of the rehearsal),
+prepare, inspect and cleanup run on the first web node over SSH
+(loadtests/remote.py); `run` plays from here."""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from moodleops.loadtests import fixture as fx
+from moodleops.loadtests import remote
 from moodleops.loadtests.model import SHAPES, Population, load_model, shape_load
 from moodleops.loadtests.runner import (
     MAX_USERS_WITHOUT_FORCE,
@@ -25,6 +30,7 @@ from moodleops.errors import ExitStatus
 from moodleops.faults import moodle_http_preflight
 from moodleops.inventory import load_inventory
 from moodleops.moodle import MoodleCLI
+from moodleops.rehearsal.spec import own_addresses
 from moodleops.site import site_of
 
 # Exit statuses of `moodleops loadtest run` (one table, for the CLI's central one).
@@ -129,8 +135,8 @@ If anything fails, what was created is removed again.""",
                        epilog="""\
 exit status:
   0  prepared
-  2  bad option, invalid inventory, or an inventory that is not loopback-only
-  4  Moodle (its PHP CLI) failed: one line on stderr
+  2  bad option, invalid inventory, or an inventory that is neither loopback-only nor a rehearsal
+  4  Moodle (its PHP CLI) failed, or SSH to the first web node (from a machine that is not one): one line
 
 examples:
   moodleops loadtest prepare --prefix lt2025a --students 150 --trainers 10""")
@@ -162,6 +168,22 @@ examples:
     insp.add_argument("--prefix", required=True)
     insp.set_defaults(run=run_inspect)
 
+    rec = add_command(commands, "record", summary="print a prepared fixture's record (JSON, with its password)",
+                      description="""\
+Print FIXTURE_DIR/PREFIX.json: what `run` needs of a fixture (accounts, ids and
+the accounts' password). `prepare` from a machine that is not a web node runs
+on the first web node over SSH and keeps this record on the operator's side.""",
+                      epilog="""\
+exit status:
+  0  printed (JSON)
+  2  bad option, no such fixture
+
+examples:
+  moodleops loadtest record --prefix lt2025a""")
+    rec.add_argument("--prefix", required=True)
+    rec.add_argument("--fixture-dir", type=Path, default=None)
+    rec.set_defaults(run=run_record)
+
     clean = add_command(commands, "cleanup", summary="remove a fixture (dry run unless --yes)",
                         description="""\
 List, then with --yes delete through Moodle (delete_course, delete_user), the
@@ -170,8 +192,8 @@ carrying the fixture's marker are touched.""",
                         epilog="""\
 exit status:
   0  listed (dry run) or removed
-  2  bad option, or an inventory that is not loopback-only
-  4  Moodle (its PHP CLI) failed: one line on stderr
+  2  bad option, or an inventory that is neither loopback-only nor a rehearsal
+  4  Moodle (its PHP CLI) failed, or SSH to the first web node (from a machine that is not one): one line
 
 examples:
   moodleops loadtest cleanup --prefix lt2025a
@@ -242,6 +264,14 @@ def _fail(msg: str) -> int:
     return 2
 
 
+def _error(exc: fx.LoadtestError) -> int:
+    """One line; the web node's own status when the command failed there."""
+    if isinstance(exc, remote.RemoteFailed):
+        print(f"moodleops: error: {exc}", file=sys.stderr)
+        return exc.status
+    return _fail(str(exc))
+
+
 def _fixture_dir(args: argparse.Namespace, inv_site_state: Path) -> Path:
     return args.fixture_dir if args.fixture_dir is not None else inv_site_state / "loadtests"
 
@@ -280,13 +310,27 @@ def run_prepare(args: argparse.Namespace) -> int:
                                           questions=args.questions)
             students, trainers = max(students, need_s), max(trainers, need_t)
         schools = [s.name for s in inv.schools][:args.courses]
+        fixture_dir = _fixture_dir(args, site.state_dir)
+        if not site.moodle_here:
+            # Moodle is on the web nodes: prepare there, keep the record here for `run`.
+            if fx.fixture_file(fixture_dir, prefix).exists():
+                return _fail(f"--prefix: {prefix!r} is already prepared ({fx.fixture_file(fixture_dir, prefix)}); "
+                             "run cleanup first")
+            node = remote.first_web_node(inv).name
+            print(f"preparing {prefix} on {node} over SSH (Moodle is not on this machine) ...", flush=True)
+            remote.on_web_node(inv, "loadtest", "prepare", "--prefix", prefix, "--students", str(students),
+                               "--trainers", str(trainers), "--questions", str(args.questions),
+                               "--courses", str(args.courses))
+            remote.fetch_record(inv, prefix, fixture_dir)
+            print(f"fixture record of {prefix} saved in {fx.fixture_file(fixture_dir, prefix)} (0600)")
+            return 0
         print(f"preparing {prefix}: {students} students, {trainers} trainers, {args.courses} course(s) in "
               f"{len(schools)} school(s), {args.questions} questions on {site.wwwroot} ...", flush=True)
         rec = fx.prepare(MoodleCLI(site), prefix, students=students, trainers=trainers,
-                         questions=args.questions, directory=_fixture_dir(args, site.state_dir),
+                         questions=args.questions, directory=fixture_dir,
                          schools=schools, courses=args.courses, sizes=model.submission_sizes)
     except fx.LoadtestError as exc:
-        return _fail(str(exc))
+        return _error(exc)
     print(f"prepared {prefix}: course {rec['course_id']}, quiz cm {rec['quiz_cmid']}, "
           f"assignment cm {rec['assign_cmid']}, forum cm {rec['forum_cmid']}")
     return 0
@@ -295,9 +339,23 @@ def run_prepare(args: argparse.Namespace) -> int:
 def run_inspect(args: argparse.Namespace) -> int:
     inv = load_inventory(args.inventory)
     try:
-        print(json.dumps(fx.inspect(MoodleCLI(site_of(inv)), args.prefix), indent=2))
+        site = site_of(inv)
+        if not site.moodle_here:
+            print(remote.on_web_node(inv, "loadtest", "inspect", "--prefix", fx.check_prefix(args.prefix),
+                                     capture=True), end="")
+            return 0
+        print(json.dumps(fx.inspect(MoodleCLI(site), args.prefix), indent=2))
     except fx.LoadtestError as exc:
-        return _fail(str(exc))
+        return _error(exc)
+    return 0
+
+
+def run_record(args: argparse.Namespace) -> int:
+    inv = load_inventory(args.inventory)
+    try:
+        print(json.dumps(fx.load_fixture(_fixture_dir(args, site_of(inv).state_dir), args.prefix), indent=2))
+    except fx.LoadtestError as exc:
+        return _error(exc)
     return 0
 
 
@@ -306,10 +364,16 @@ def run_cleanup(args: argparse.Namespace) -> int:
     try:
         fx.guard_inventory(inv, args.force_production, "clean up a load-test fixture")
         site = site_of(inv)
+        if not site.moodle_here:
+            remote.on_web_node(inv, "loadtest", "cleanup", "--prefix", fx.check_prefix(args.prefix),
+                               *(["--yes"] if args.yes else []))
+            if args.yes:
+                fx.fixture_file(_fixture_dir(args, site.state_dir), args.prefix).unlink(missing_ok=True)
+            return 0
         res = fx.cleanup(MoodleCLI(site), args.prefix, apply=args.yes,
                          directory=_fixture_dir(args, site.state_dir))
     except fx.LoadtestError as exc:
-        return _fail(str(exc))
+        return _error(exc)
     verb = "removed" if args.yes else "would remove (dry run; --yes to apply)"
     print(f"{verb}: {len(res['courses'])} course(s) {', '.join(res['courses'])}, {res['users']} user(s), "
           f"category {res['category']}")
@@ -321,7 +385,7 @@ def run_run(args: argparse.Namespace) -> int:
     try:
         model = load_model(inv)
         site = site_of(inv)
-        target = fx.guard_target(args.target or site.wwwroot, args.force_production)
+        target = fx.guard_target(args.target or site.wwwroot, args.force_production, own_addresses(inv))
         if args.workers < 0 or args.workers > 64:
             return _fail(f"--workers: {args.workers} is not valid (0 to 64)")
         if not 0 <= args.start_hour < 24:
@@ -335,7 +399,7 @@ def run_run(args: argparse.Namespace) -> int:
                          ssh=SshOptions(user=args.ssh_user, port=args.ssh_port, identity=args.ssh_key,
                                         known_hosts=args.ssh_known_hosts))
         make_plan(req, inv, model, fixture)          # bad input is refused before any service is asked
-        moodle_http_preflight(target)  # refused, 5xx or maintenance: one line, no Locust started
+        moodle_http_preflight(target, ca_bundle=inv.settings.ca_bundle)  # refused, 5xx or maintenance: one line, no Locust started
         print(f"running {args.shape} against {target} for {args.duration:g} s -> {req.results_dir}", flush=True)
         summary = run(req, inv, model, fixture, echo=not args.quiet, site=site)
     except WorkerHostError as exc:
@@ -347,7 +411,7 @@ def run_run(args: argparse.Namespace) -> int:
         print(f"moodleops: error: {exc}", file=sys.stderr)
         return EXIT_RUN_FAILED
     except fx.LoadtestError as exc:
-        return _fail(str(exc))
+        return _error(exc)
     return report_run(summary, req.results_dir / "summary.json")
 
 
@@ -359,6 +423,12 @@ def report_run(summary: dict, path: Path) -> int:
     if peak:
         pt = peak["totals"]
         print(f"peak window {peak['from_s']:g}-{peak['to_s']:g} s: {pt['rps']:.2f} req/s, p95 {pt['p95_ms']:g} ms")
+        for node, f in (peak.get("nodes") or {}).items():
+            print(f"  served by {node}: {f['rps']:.2f} req/s, p95 {f['p95_ms']:g} ms, {f['failures']} failed")
+    if summary.get("load_generators"):
+        print(f"workers on {', '.join(summary['load_generators'])}")
+    for line in summary.get("load_generator_problems") or []:
+        print(f"  load generator: {line}")
     mix = summary.get("mix") or {}
     if mix:
         print(f"page mix: furthest {mix['worst_page']} by {mix['gap']:.3f} (tolerance {mix['tolerance']:g})")

@@ -17,6 +17,7 @@ from moodleops.loadtests.model import FileSizes
 
 from moodleops.inventory import Inventory, is_loopback
 from moodleops.moodle import MoodleCLI
+from moodleops.rehearsal.spec import own_addresses
 
 PREFIX_RE = re.compile(r"^lt[a-z0-9]{3,20}$")
 HELPER = "loadtest_fixture"
@@ -37,8 +38,11 @@ def new_prefix() -> str:
 
 
 def guard_inventory(inv: Inventory, force: bool, action: str) -> None:
-    """Load tests create accounts and load a platform: only on this machine unless forced."""
+    """Load tests create accounts and load a platform: only on this machine or
+    the rehearsal's own containers unless forced."""
     if inv.is_loopback_only or force:
+        return
+    if {h.address for h in inv.hosts} <= own_addresses(inv):
         return
     remote = sorted({h.address for h in inv.hosts if not is_loopback(h.address)})
     raise LoadtestError(f"inventory {inv.env!r} is not loopback-only (hosts {', '.join(remote[:3])}"
@@ -46,13 +50,16 @@ def guard_inventory(inv: Inventory, force: bool, action: str) -> None:
                         "pass --force-production to act on that platform")
 
 
-def guard_target(url: str, force: bool) -> str:
+def guard_target(url: str, force: bool, allowed: frozenset[str] = frozenset()) -> str:
+    """`url`, unless it leaves this machine and is none of `allowed` (the
+    rehearsal's containers) without `force`."""
     host = urlsplit(url).hostname or ""
     if not host:
         raise LoadtestError(f"--target: {url!r} is not valid (an http(s) URL)")
-    if not is_loopback(host) and not force:
-        raise LoadtestError(f"--target: {url!r} is not a loopback address (127.0.0.0/8, ::1, localhost); "
-                            "load goes elsewhere only with --force-production")
+    if not is_loopback(host) and host not in allowed and not force:
+        raise LoadtestError(f"--target: {url!r} is not a loopback address (127.0.0.0/8, ::1, localhost) "
+                            "nor a container of this inventory's rehearsal; load goes elsewhere only with "
+                            "--force-production")
     return url.rstrip("/")
 
 
@@ -81,12 +88,19 @@ def prepare(cli: MoodleCLI, prefix: str, *, students: int, trainers: int, questi
         "questions": questions, "schools": schools or ["Ecole"], "courses": courses,
         "resource_bytes": resource_bytes, "max_upload_bytes": max_upload})
     record = {**result, "password": password, "wwwroot": cli.site.wwwroot}
+    save_record(directory, prefix, record)
+    return record
+
+
+def save_record(directory: Path, prefix: str, record: dict[str, Any]) -> None:
+    """The fixture's record (it holds the accounts' password), mode 0600, whole or not at all."""
     directory.mkdir(parents=True, exist_ok=True)
+    path = fixture_file(directory, prefix)
     tmp = path.with_suffix(".tmp")
+    tmp.unlink(missing_ok=True)
     tmp.touch(mode=0o600)
     tmp.write_text(json.dumps(record, indent=2), encoding="utf-8")
     tmp.replace(path)
-    return record
 
 
 #: What a run reads from a prepared fixture's record (written by `loadtest prepare`).

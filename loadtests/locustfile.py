@@ -4,7 +4,8 @@ The plan ($MOODLEOPS_LOADTEST_PLAN, written by the run command) says which
 scenario to play; Locust finds the user classes and the one shape class of
 this module's namespace, so only the chosen shape is bound here.
 
-Every request is also recorded (wall time, page type, milliseconds, ok) into
+Every request is also recorded (wall time, page type, milliseconds, ok, the
+web node that answered when the load balancer names it) into
 requests.csv in the working directory (the results directory) of the process
 that holds the statistics: a local run writes it directly, workers send their
 requests to the master once a second, and everything left when the run ends
@@ -46,9 +47,14 @@ MESSAGE = "moodleops_requests"
 FLUSH, FLUSHED = "moodleops_flush", "moodleops_flushed"     # master -> workers, and their answer
 
 
-def _row(start_time: float | None, name: str, response_time: float, exception: Any) -> list[Any]:
+SERVED_BY = load_plan().get("served_by_header", "")
+
+
+def _row(start_time: float | None, name: str, response_time: float, exception: Any, response: Any) -> list[Any]:
     t = start_time if start_time is not None else time.time() - response_time / 1000
-    return [round(t, 3), name, round(response_time, 1), 0 if exception else 1]
+    headers = getattr(response, "headers", None)
+    node = str(headers.get(SERVED_BY) or "") if SERVED_BY and headers is not None else ""
+    return [round(t, 3), name, round(response_time, 1), 0 if exception else 1, node.replace(",", " ")]
 
 
 @events.init.add_listener
@@ -58,8 +64,8 @@ def _record_requests(environment: Any, **_kw: Any) -> None:
         buffer: list[list[Any]] = []
 
         def on_request(name: str, response_time: float, exception: Any = None, start_time: float | None = None,
-                       **_: Any) -> None:
-            buffer.append(_row(start_time, name, response_time, exception))
+                       response: Any = None, **_: Any) -> None:
+            buffer.append(_row(start_time, name, response_time, exception, response))
 
         def flush(**_: Any) -> None:
             if buffer:
@@ -91,7 +97,7 @@ def _record_requests(environment: Any, **_kw: Any) -> None:
     out = open(REQUESTS_CSV, "a", encoding="utf-8", buffering=1)  # noqa: SIM115 - open for the process's life
 
     def write(rows: list[list[Any]]) -> None:
-        out.writelines(f"{t},{name},{ms},{ok}\n" for t, name, ms, ok in rows)
+        out.writelines(",".join(map(str, row)) + "\n" for row in rows)
 
     events.test_start.add_listener(lambda **_: out.write(f"# start {time.time():.3f}\n"))
     events.quitting.add_listener(lambda **_: out.flush())
@@ -118,8 +124,8 @@ def _record_requests(environment: Any, **_kw: Any) -> None:
         events.test_stopping.add_listener(drain_workers)
     else:
         events.request.add_listener(
-            lambda name, response_time, exception=None, start_time=None, **_: write(
-                [_row(start_time, name, response_time, exception)]))
+            lambda name, response_time, exception=None, start_time=None, response=None, **_: write(
+                [_row(start_time, name, response_time, exception, response)]))
 
 
 @events.init.add_listener

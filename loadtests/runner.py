@@ -18,7 +18,7 @@ from typing import Any
 
 from moodleops.loadtests.fixture import LoadtestError
 from moodleops.loadtests.model import LoadModel, Population, RoleParams, shape_load
-from moodleops.loadtests.server import ServerSampler
+from moodleops.loadtests.server import ServerSampler, role_default
 from moodleops.loadtests.sessions import (
     BROWSER_PREFIXES,
     ROLE_OF,
@@ -32,7 +32,7 @@ from moodleops.loadtests.sessions import (
     session_think_scale,
     think_role,
 )
-from moodleops.loadtests.ssh import RemoteWorkers, SshOptions, master_address
+from moodleops.loadtests.ssh import RemoteWorkers, SshOptions, WorkerHost, master_address
 from moodleops.loadtests.summary import (
     PageStats,
     build_summary,
@@ -155,6 +155,8 @@ def make_plan(req: RunRequest, inv: Inventory, model: LoadModel, fixture: dict[s
     scale = session_think_scale(req.shape, tl.compression, req.think_scale)
     plan: dict[str, Any] = {
         "host": req.target,
+        # Which web node answered, named by the load balancer (per-node figures).
+        "served_by_header": role_default("haproxy", "haproxy_served_by_header"),
         "shape": req.shape,
         "timeline": tl.to_json(),
         "fixture": fixture,
@@ -218,10 +220,23 @@ class LocustFailed(LoadtestError):
     """Locust itself failed (not a verdict): its exit status and log say why."""
 
 
+def worker_hosts(inv: Inventory, remote: list[Host], req: RunRequest) -> RemoteWorkers:
+    """The load generators as the playbooks reach them (the toolkit's
+    virtualenv there), unless SSH options were given (this checkout there)."""
+    if req.ssh.given or req.ssh_hosts:
+        return RemoteWorkers.with_options(remote, req.ssh)
+    return RemoteWorkers([WorkerHost.of_inventory(inv, h) for h in remote])
+
+
 def run_locust(plan_path: Path, req: RunRequest, inv: Inventory, *, echo: bool = True,
-               on_started: Callable[[list[int]], None] | None = None) -> int:
+               on_started: Callable[[list[int]], None] | None = None,
+               generators: dict[str, list[str]] | None = None) -> int:
     """Run locust to the end of the plan; returns its exit code (0, or 1 when
-    some request failed). Any other status is Locust's own failure: raised."""
+    some request failed). Any other status is Locust's own failure: raised.
+    `generators` gets the load generators that ran workers ("hosts") and what
+    went wrong stopping them ("problems": a worker that had to be killed)."""
+    generators = generators if generators is not None else {}
+    generators.update(hosts=[], problems=[])
     prefix = str(req.results_dir / "locust")
     env = {**os.environ, PLAN_ENV: str(plan_path)}
     log = open(req.results_dir / "locust.log", "ab")  # noqa: SIM115 - closed below
@@ -236,18 +251,20 @@ def run_locust(plan_path: Path, req: RunRequest, inv: Inventory, *, echo: bool =
         loadgen = inv.group("loadgen")
         # A loopback host the inventory reaches over SSH (ansible_connection: ssh) is remote too.
         remote = [h for h in loadgen if not is_loopback(h.address) or h.connection == "ssh"] or list(req.ssh_hosts)
-        # Reachable by the workers, and only by them when they are all on this machine.
-        bind = "127.0.0.1" if all(is_loopback(h.address) for h in remote) else "0.0.0.0"
+        # Reachable by the workers only: loopback when they are all on this machine,
+        # else this machine's address on the route to them (never every interface).
+        bind = ("127.0.0.1" if all(is_loopback(h.address) for h in remote)
+                else req.master_host or master_address(remote))
         port = _free_port(bind)
         main = subprocess.Popen(_locust_cmd([*reports, "--master", "--expect-workers", str(req.workers),
                                              "--master-bind-host", bind, "--master-bind-port", str(port)]),
                                 env=env, cwd=req.results_dir, stdout=out, stderr=out)
         if remote:
-            # Workers on the load generators, started over SSH (same checkout, the plan copied there).
-            remote_workers = RemoteWorkers(remote, req.ssh)
-            master = "127.0.0.1" if bind == "127.0.0.1" else (req.master_host or master_address(remote))
+            # Workers on the load generators, started over SSH, the plan copied there.
             try:
-                remote_workers.start(plan_path, req.workers, master, port)
+                remote_workers = worker_hosts(inv, remote, req)
+                remote_workers.start(plan_path, req.workers, bind, port)
+                generators["hosts"] += remote_workers.host_names
             except LoadtestError:
                 main.kill()
                 main.wait()
@@ -275,7 +292,7 @@ def run_locust(plan_path: Path, req: RunRequest, inv: Inventory, *, echo: bool =
                 p.kill()
                 p.wait()
         if remote_workers is not None:
-            remote_workers.stop()
+            generators["problems"] += remote_workers.stop()
         log.close()
     if code not in (0, 1):
         tail = _tail(req.results_dir / "locust.log")
@@ -312,16 +329,18 @@ def run(req: RunRequest, inv: Inventory, model: LoadModel, fixture: dict[str, An
     plan_path.write_text(json.dumps(plan, indent=2), encoding="utf-8")
     sampler = ServerSampler.for_inventory(inv, site, req.target) if site is not None else None
     started = time.monotonic()
+    generators: dict[str, list[str]] = {}
     try:
         code = run_locust(plan_path, req, inv, echo=echo,
-                          on_started=sampler.start if sampler is not None else None)
+                          on_started=sampler.start if sampler is not None else None,
+                          generators=generators)
     finally:
         if sampler is not None:
             sampler.stop()
     elapsed = time.monotonic() - started
     pages, total = locust_results(code, req.results_dir)
     return judge_run(req, inv, model, plan, pages, total, code, elapsed,
-                     sampler.report() if sampler is not None else None)
+                     sampler.report() if sampler is not None else None, generators)
 
 
 def locust_results(code: int, results_dir: Path) -> tuple[dict[str, PageStats], PageStats]:
@@ -345,7 +364,7 @@ def locust_results(code: int, results_dir: Path) -> tuple[dict[str, PageStats], 
 
 def judge_run(req: RunRequest, inv: Inventory, model: LoadModel, plan: dict[str, Any],
               pages: dict[str, PageStats], total: PageStats, code: int, elapsed: float,
-              server: dict[str, Any] | None) -> dict[str, Any]:
+              server: dict[str, Any] | None, generators: dict[str, list[str]] | None = None) -> dict[str, Any]:
     start, samples = read_requests(req.results_dir / "requests.csv")
     recurring = req.shape not in ("exam", "smoke")
     warmup = model.run.warmup_share * req.duration_s if recurring else 0.0
@@ -371,6 +390,8 @@ def judge_run(req: RunRequest, inv: Inventory, model: LoadModel, plan: dict[str,
         "users": plan["timeline"]["peak_users"], "duration_s": req.duration_s,
         "elapsed_s": round(elapsed, 1), "compression": plan["timeline"]["compression"],
         "think_scale": req.think_scale, "session_think_scale": plan["think_scale"], "workers": req.workers,
+        "load_generators": (generators or {}).get("hosts", []),
+        "load_generator_problems": (generators or {}).get("problems", []),
         "population": plan["population"], "model": plan["model"],
         "reports": {"csv_prefix": str(req.results_dir / "locust"), "html": str(req.results_dir / "report.html"),
                     "requests_csv": str(req.results_dir / "requests.csv")},

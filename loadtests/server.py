@@ -28,7 +28,7 @@ GENERATOR_SATURATED = 0.90      # a Locust process above this (of one core) lags
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def _role_default(role: str, name: str) -> Any:
+def role_default(role: str, name: str) -> Any:
     """A value of a role's documented API (defaults/main.yml): where the status
     page and node_exporter are is the playbooks' fact, read from there."""
     path = REPO_ROOT / "playbooks" / "roles" / role / "defaults" / "main.yml"
@@ -91,8 +91,8 @@ class ServerSampler:
 
     @classmethod
     def for_inventory(cls, inv: Inventory, site: Site, target: str, interval_s: float = 2.0) -> ServerSampler:
-        status = str(_role_default("platform_defaults", "php_fpm_status_path"))
-        exporter_port = int(_role_default("platform_defaults", "node_exporter_port"))
+        status = str(role_default("platform_defaults", "php_fpm_status_path"))
+        exporter_port = int(role_default("platform_defaults", "node_exporter_port"))
         parts = urlsplit(target)
         nodes: list[Node] = []
         seen: set[str] = set()

@@ -1,12 +1,13 @@
 """Locust workers on the load-generator hosts, started and stopped over SSH.
 
-Each load generator holds the same checkout at the same path (the toolkit is
-deployed the same way everywhere), so a worker is this checkout's Python
-running this locustfile. The plan (it holds the fixture's password) goes over
-SSH's stdin into a 0600 file, never into a command line. Workers are started
-in the foreground of their ssh session and record their pid; stop() waits
-for them to leave with the master, then kills what is left and removes the
-plan.
+A worker is `python -m moodleops.loadtests.worker` of the host's own
+installation: the toolkit role's virtualenv on an inventory's load generator
+(connected as Ansible connects: moodleops.platform.host_access), or, with
+explicit SSH options, the same checkout's Python at the same path. The plan
+(it holds the fixture's password) goes over SSH's stdin into a 0600 file, never
+into a command line. Workers are started in the foreground of their ssh session
+and record their pid; stop() waits for them to leave with the master, then
+kills what is left and removes the plan.
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ from moodleops.loadtests.fixture import LoadtestError
 
 from moodleops.errors import SshError
 from moodleops.faults import ssh_fault
-from moodleops.inventory import Host
+from moodleops.inventory import Host, Inventory
 
-LOCUSTFILE = Path(__file__).with_name("locustfile.py")
+REMOTE_DIR = "/tmp/moodleops-loadtest"      # plan and pid files on the load generators
 
 
 class WorkerHostError(SshError, LoadtestError):
@@ -35,13 +36,57 @@ class WorkerHostError(SshError, LoadtestError):
 
 @dataclass(frozen=True)
 class SshOptions:
+    """Explicit SSH options (`loadtest run --ssh-*`): the load generators hold
+    this checkout at the same path."""
     user: str | None = None
     port: int | None = None            # None: the host's ansible_port, else 22
     identity: Path | None = None
     known_hosts: Path | None = None
     remote_python: str = sys.executable
-    remote_dir: str = "/tmp/moodleops-loadtest"   # plan and pid files on the load generators
+    remote_dir: str = REMOTE_DIR
     connect_timeout_s: int = 10
+
+    @property
+    def given(self) -> bool:
+        return any(v is not None for v in (self.user, self.port, self.identity, self.known_hosts))
+
+
+@dataclass(frozen=True)
+class WorkerHost:
+    host: Host
+    ssh: tuple[str, ...]      # OpenSSH's argv, up to and including the address
+    python: str               # the Python there that holds moodleops and Locust
+    port: int
+    user: str = ""
+    identity: str = ""
+    known_hosts: str = ""
+
+    @classmethod
+    def with_options(cls, host: Host, o: SshOptions) -> WorkerHost:
+        port = o.port or host.port or 22
+        cmd = ["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
+               "-o", f"ConnectTimeout={o.connect_timeout_s}", "-o", "ServerAliveInterval=15", "-p", str(port)]
+        if o.identity is not None:
+            cmd += ["-i", str(o.identity), "-o", "IdentitiesOnly=yes"]
+        if o.known_hosts is not None:
+            cmd += ["-o", f"UserKnownHostsFile={o.known_hosts}"]
+        return cls(host, (*cmd, f"{o.user}@{host.address}" if o.user else host.address), o.remote_python, port,
+                   o.user or "", str(o.identity or ""), str(o.known_hosts or ""))
+
+    @classmethod
+    def of_inventory(cls, inv: Inventory, host: Host, timeout_s: int = 10) -> WorkerHost:
+        """As Ansible reaches the host, running the toolkit role's virtualenv
+        (the loadgen play installs Locust there)."""
+        from moodleops.platform.ansible_view import AnsibleViewError
+        from moodleops.platform.host_access import PyinfraHostError, ssh_argv
+
+        try:
+            argv, data = ssh_argv(inv, host, timeout_s=timeout_s)
+        except (AnsibleViewError, PyinfraHostError) as exc:
+            raise LoadtestError(f"load generator {host.name}: {exc}") from None
+        return cls(host, tuple(argv), f"{data['toolkit_venv']}/bin/python", int(data.get("ssh_port", 22)),
+                   str(data.get("ssh_user", "")), str(data.get("ssh_key", "")),
+                   str(data.get("ssh_known_hosts_file", "")))
 
 
 def master_address(hosts: list[Host]) -> str:
@@ -52,100 +97,91 @@ def master_address(hosts: list[Host]) -> str:
 
 
 class RemoteWorkers:
-    def __init__(self, hosts: list[Host], opts: SshOptions) -> None:
+    def __init__(self, hosts: list[WorkerHost], *, remote_dir: str = REMOTE_DIR, connect_timeout_s: int = 10) -> None:
         if not hosts:
             raise LoadtestError("--workers: no load-generator host to start workers on")
         self.hosts = hosts
-        self.opts = opts
+        self.remote_dir = remote_dir
+        self.timeout_s = connect_timeout_s
         self.run_id = uuid.uuid4().hex[:12]
-        self.procs: list[tuple[Host, int, subprocess.Popen[bytes]]] = []
-        self.used: list[Host] = []
+        self.procs: list[tuple[WorkerHost, int, subprocess.Popen[bytes]]] = []
+        self.used: list[WorkerHost] = []
 
-    def port(self, host: Host) -> int:
-        return self.opts.port or host.port or 22
-
-    def ssh(self, host: Host) -> list[str]:
-        o = self.opts
-        cmd = ["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
-               "-o", f"ConnectTimeout={o.connect_timeout_s}", "-o", "ServerAliveInterval=15",
-               "-p", str(self.port(host))]
-        if o.identity is not None:
-            cmd += ["-i", str(o.identity), "-o", "IdentitiesOnly=yes"]
-        if o.known_hosts is not None:
-            cmd += ["-o", f"UserKnownHostsFile={o.known_hosts}"]
-        return [*cmd, f"{o.user}@{host.address}" if o.user else host.address]
+    @classmethod
+    def with_options(cls, hosts: list[Host], opts: SshOptions) -> RemoteWorkers:
+        return cls([WorkerHost.with_options(h, opts) for h in hosts], remote_dir=opts.remote_dir,
+                   connect_timeout_s=opts.connect_timeout_s)
 
     def _plan_path(self) -> str:
-        return f"{self.opts.remote_dir}/plan-{self.run_id}.json"
+        return f"{self.remote_dir}/plan-{self.run_id}.json"
 
     def _pid_path(self, index: int) -> str:
-        return f"{self.opts.remote_dir}/worker-{self.run_id}-{index}.pid"
+        return f"{self.remote_dir}/worker-{self.run_id}-{index}.pid"
 
-    def _fault(self, host: Host, message: str) -> WorkerHostError:
-        o = self.opts
-        base = ssh_fault(f"{host.address}:{self.port(host)}", message,
-                         known_hosts=str(o.known_hosts) if o.known_hosts else "", user=o.user or "",
-                         identity=str(o.identity) if o.identity else "")
+    def _fault(self, w: WorkerHost, message: str) -> WorkerHostError:
+        base = ssh_fault(f"{w.host.address}:{w.port}", message, known_hosts=w.known_hosts, user=w.user,
+                         identity=w.identity)
         err = WorkerHostError(base.address, base.problem, base.check)
-        err.address = f"{base.address} (load generator {host.name})"
+        err.address = f"{base.address} (load generator {w.host.name})"
         return err
 
-    def _run(self, host: Host, command: str, stdin: bytes | None = None) -> None:
+    def _run(self, w: WorkerHost, command: str, stdin: bytes | None = None) -> None:
         try:
-            res = subprocess.run([*self.ssh(host), command], input=stdin, capture_output=True,
-                                 timeout=self.opts.connect_timeout_s + 20, check=False)
+            res = subprocess.run([*w.ssh, command], input=stdin, capture_output=True,
+                                 timeout=self.timeout_s + 20, check=False)
         except subprocess.TimeoutExpired:
-            raise self._fault(host, "timed out") from None
+            raise self._fault(w, "timed out") from None
         if res.returncode != 0:
-            raise self._fault(host, res.stderr.decode(errors="replace") or f"ssh exited {res.returncode}")
+            raise self._fault(w, res.stderr.decode(errors="replace") or f"ssh exited {res.returncode}")
 
     def start(self, plan_path: Path, workers: int, master_host: str, master_port: int = 5557) -> None:
         """Copy the plan to every host used, then start `workers` workers round-robin."""
         self.used = [self.hosts[i % len(self.hosts)] for i in range(min(workers, len(self.hosts)))]
         plan = plan_path.read_bytes()
-        d = shlex.quote(self.opts.remote_dir)
+        d = shlex.quote(self.remote_dir)
         try:
-            for host in self.used:
-                self._run(host, f"umask 077 && mkdir -p {d} && cat > {shlex.quote(self._plan_path())}", stdin=plan)
+            for w in self.used:
+                self._run(w, f"umask 077 && mkdir -p {d} && cat > {shlex.quote(self._plan_path())}", stdin=plan)
             for i in range(workers):
-                host = self.hosts[i % len(self.hosts)]
+                w = self.hosts[i % len(self.hosts)]
                 cmd = (f"cd {d} && echo $$ > {shlex.quote(self._pid_path(i))} && "
                        f"MOODLEOPS_LOADTEST_PLAN={shlex.quote(self._plan_path())} exec "
-                       + " ".join(shlex.quote(a) for a in [
-                           self.opts.remote_python, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
-                           "--loglevel", "WARNING", "--worker", "--master-host", master_host,
-                           "--master-port", str(master_port)]))
-                proc = subprocess.Popen([*self.ssh(host), cmd], stdin=subprocess.DEVNULL,
+                       + " ".join(shlex.quote(a) for a in [w.python, "-m", "moodleops.loadtests.worker",
+                                                            master_host, str(master_port)]))
+                proc = subprocess.Popen([*w.ssh, cmd], stdin=subprocess.DEVNULL,
                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-                self.procs.append((host, i, proc))
+                self.procs.append((w, i, proc))
         except BaseException:
             self.stop()
             raise
+
+    @property
+    def host_names(self) -> list[str]:
+        return [w.host.name for w in self.used]
 
     def stop(self, wait_s: float = 20) -> list[str]:
         """Wait for the workers to leave, kill the rest over SSH, remove the plan;
         returns one line per problem (a worker that had to be killed)."""
         problems: list[str] = []
-        for host, i, proc in self.procs:
+        for w, i, proc in self.procs:
             try:
                 proc.wait(timeout=wait_s)
             except subprocess.TimeoutExpired:
-                problems.append(f"worker {i} on {host.name} did not stop with the master: killed")
+                problems.append(f"worker {i} on {w.host.name} did not stop with the master: killed")
                 pid = shlex.quote(self._pid_path(i))
                 try:
-                    self._run(host, f"test -f {pid} && kill $(cat {pid}) 2>/dev/null; true")
+                    self._run(w, f"test -f {pid} && kill $(cat {pid}) 2>/dev/null; true")
                 except WorkerHostError as exc:
                     problems.append(exc.line())
                 proc.kill()
                 proc.wait()
             if proc.stderr is not None:
                 proc.stderr.close()
-        for host in self.used:
+        for w in self.used:
             try:
-                self._run(host, f"rm -f {shlex.quote(self._plan_path())} "
-                                f"{shlex.quote(self.opts.remote_dir)}/worker-{self.run_id}-*.pid")
+                self._run(w, f"rm -f {shlex.quote(self._plan_path())} "
+                             f"{shlex.quote(self.remote_dir)}/worker-{self.run_id}-*.pid")
             except WorkerHostError as exc:
                 problems.append(exc.line())
         self.procs.clear()
-        self.used = []
         return problems

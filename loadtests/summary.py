@@ -172,6 +172,7 @@ class Sample:
     name: str
     ms: float
     ok: bool
+    node: str = ""    # the web node that answered (the load balancer's header), "" if none said
 
 
 def read_requests(path: Path) -> tuple[float | None, list[Sample]]:
@@ -186,8 +187,9 @@ def read_requests(path: Path) -> tuple[float | None, list[Sample]]:
                 start = start or float(line.split()[2])
                 continue
             parts = line.rstrip("\n").split(",")
-            if len(parts) == 4:
-                out.append(Sample(float(parts[0]), parts[1], float(parts[2]), parts[3] == "1"))
+            if len(parts) in (4, 5):
+                out.append(Sample(float(parts[0]), parts[1], float(parts[2]), parts[3] == "1",
+                                  parts[4] if len(parts) == 5 else ""))
     out.sort(key=lambda s: s.t)
     return start, out
 
@@ -213,6 +215,15 @@ def stats_of(samples: list[Sample], seconds: float) -> tuple[dict[str, PageStats
     return {n: one(g) for n, g in sorted(by.items())}, one(samples)
 
 
+def node_stats(samples: list[Sample], seconds: float) -> dict[str, PageStats]:
+    """Overall figures per web node that answered (named by the load balancer)."""
+    by: dict[str, list[Sample]] = {}
+    for smp in samples:
+        if smp.node:
+            by.setdefault(smp.node, []).append(smp)
+    return {n: stats_of(g, seconds)[1] for n, g in sorted(by.items())}
+
+
 @dataclass(frozen=True)
 class Windows:
     warmup_s: float
@@ -222,6 +233,8 @@ class Windows:
     peak_to_s: float
     peak_pages: dict[str, PageStats]
     peak_total: PageStats
+    steady_nodes: dict[str, PageStats]
+    peak_nodes: dict[str, PageStats]
 
 
 def windows(start: float, samples: list[Sample], duration_s: float, warmup_s: float, window_s: float,
@@ -244,7 +257,8 @@ def windows(start: float, samples: list[Sample], duration_s: float, warmup_s: fl
             best_from, best = float(a), n
     peak = [s for s in steady if best_from <= s.t - start < best_from + window_s]
     peak_pages, peak_total = stats_of(peak, window_s)
-    return Windows(warmup_s, steady_pages, steady_total, best_from, best_from + window_s, peak_pages, peak_total)
+    return Windows(warmup_s, steady_pages, steady_total, best_from, best_from + window_s, peak_pages, peak_total,
+                   node_stats(steady, max(1e-9, end - warmup_s)), node_stats(peak, window_s))
 
 
 def _totals(st: PageStats) -> dict[str, Any]:
@@ -263,10 +277,12 @@ def build_summary(*, pages: dict[str, PageStats], total: PageStats, slo: Slo, vi
     }
     if win is not None:
         out["steady"] = {"from_s": round(win.warmup_s, 1), "totals": _totals(win.steady_total),
-                         "pages": {n: st.to_json() for n, st in win.steady_pages.items()}}
+                         "pages": {n: st.to_json() for n, st in win.steady_pages.items()},
+                         "nodes": {n: _totals(st) for n, st in win.steady_nodes.items()}}
         out["peak_window"] = {"from_s": round(win.peak_from_s, 1), "to_s": round(win.peak_to_s, 1),
                               "totals": _totals(win.peak_total),
-                              "pages": {n: st.to_json() for n, st in win.peak_pages.items()}}
+                              "pages": {n: st.to_json() for n, st in win.peak_pages.items()},
+                              "nodes": {n: _totals(st) for n, st in win.peak_nodes.items()}}
     out["slo"] = {"error_rate_max": slo.error_rate_max,
                   "p95_ms": {name: slo.p95_limit(name) for name in sorted(pages)} | {"default": slo.p95_ms["default"]}}
     st = status(violations, missing)

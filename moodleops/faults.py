@@ -14,6 +14,7 @@ import re
 import sys
 import traceback
 from collections.abc import Mapping
+from pathlib import Path
 
 from moodleops.errors import (
     BusyError,
@@ -110,15 +111,18 @@ def _http_error(kind: type[DependencyError], url: str, exc: BaseException | None
     return kind(url, f"answered HTTP {status}", check or "the service's error log")
 
 
-def moodle_http_preflight(wwwroot: str, *, timeout: float = 10) -> None:
+def moodle_http_preflight(wwwroot: str, *, timeout: float = 10, ca_bundle: Path | None = None) -> None:
     """Raise MoodleHttpError unless Moodle's login page answers normally: refused,
-    a 5xx answer and the maintenance page are told apart."""
+    a 5xx answer and the maintenance page are told apart. `ca_bundle`: what to
+    trust for `wwwroot` (moodle_ca_bundle)."""
     import requests
+
+    from moodleops.webclient import trusting
 
     url = wwwroot.rstrip("/") + "/login/index.php"
     check = "nginx and php-fpm on the web node: service nginx status, service php*-fpm status"
     try:
-        resp = requests.get(url, timeout=timeout, allow_redirects=True)
+        resp = trusting(ca_bundle).get(url, timeout=timeout, allow_redirects=True)
     except requests.RequestException as exc:
         raise http_error(MoodleHttpError, wwwroot, exc, check=check) from exc
     if resp.status_code >= 500 or _MAINTENANCE.search(resp.text[:20000]) and resp.status_code != 200:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import requests
 
@@ -15,6 +16,17 @@ USERID = re.compile(r'"userid":\s*"?(\d+)')
 
 class LoginFailed(RuntimeError):
     pass
+
+
+def trusting(ca_bundle: Path | None) -> requests.Session:
+    """A session that trusts `ca_bundle` alone when given (moodle_ca_bundle:
+    the rehearsal's self-signed certificate), else the system's CAs."""
+    http = requests.Session()
+    if ca_bundle is not None:
+        http.verify = str(ca_bundle)
+        # Else REQUESTS_CA_BUNDLE in the environment would win over it (requests' merge order).
+        http.trust_env = False
+    return http
 
 
 @dataclass

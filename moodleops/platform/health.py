@@ -20,7 +20,7 @@ from moodleops.platform.host_access import PyinfraHostError, ssh_command
 from moodleops.platform.monitoring_health import check_monitoring, endpoints
 from moodleops.platform.nodes import probe_web_nodes
 from moodleops.site import Site, SiteError
-from moodleops.webclient import LoginFailed, login
+from moodleops.webclient import LoginFailed, login, trusting
 
 
 @dataclass
@@ -161,12 +161,8 @@ def _check_moodle(inv: Inventory, probe: dict[str, Any], h: Health) -> bool:
 
 
 def _check_login(inv: Inventory, site: Site, h: Health) -> None:
-    http = requests.Session()
     ca = inv.settings.ca_bundle
-    if ca is not None:
-        http.verify = str(ca)
-        # Else REQUESTS_CA_BUNDLE in the environment would win over it (requests' merge order).
-        http.trust_env = False
+    http = trusting(ca)
     try:
         if ca is not None and not ca.is_file():
             raise SiteError(f"moodle_ca_bundle {ca} does not exist (a self-signed certificate is fetched "

@@ -34,15 +34,16 @@ def pyinfra_host(inv: Inventory, host: Host) -> tuple[str, dict[str, Any]]:
     its inventory name with its address, the SSH data and the toolkit's
     launcher, run with sudo."""
     name = host.name
-    v = role_vars(inv, "toolkit", host.groups[0], (*_CONNECTION, "toolkit_launcher"), host=name,
-                  optional=_CONNECTION)
+    v = role_vars(inv, "toolkit", host.groups[0], (*_CONNECTION, "toolkit_launcher", "moodleops_toolkit_venv"),
+                  host=name, optional=_CONNECTION)
     if v.get("ansible_connection") == "local":
         return "@local", {}
     if v.get("ansible_connection", "ssh") != "ssh":
         raise PyinfraHostError(f"{name}: ansible_connection {v['ansible_connection']!r}: the deploys reach "
                                "hosts over SSH only")
     data: dict[str, Any] = {"ssh_hostname": host.address, "moodleops_bin": v["toolkit_launcher"], "host_inventory": "",
-                            "toolkit_sudo": bool(v.get("ansible_become", False))}
+                            "toolkit_sudo": bool(v.get("ansible_become", False)),
+                            "toolkit_venv": str(v["moodleops_toolkit_venv"])}
     for key, field in (("ansible_user", "ssh_user"), ("ansible_port", "ssh_port"),
                        ("ansible_ssh_private_key_file", "ssh_key")):
         if v.get(key):
@@ -51,13 +52,13 @@ def pyinfra_host(inv: Inventory, host: Host) -> tuple[str, dict[str, Any]]:
     return name, data
 
 
-def ssh_command(inv: Inventory, host: Host, *args: str, timeout_s: int = 10) -> list[str]:
-    """OpenSSH's argv running `moodleops ARGS` (the toolkit's launcher) on
-    `host` as root, with the connection of pyinfra_host()."""
+def ssh_argv(inv: Inventory, host: Host, *, timeout_s: int = 10) -> tuple[list[str], dict[str, Any]]:
+    """OpenSSH's argv up to and including the host's address, connected as
+    pyinfra_host() (so as Ansible) connects, and that host's pyinfra data."""
     name, data = pyinfra_host(inv, host)
     if name == "@local":
         raise PyinfraHostError(f"{host.name}: Ansible reaches it locally: run the command here")
-    argv = ["ssh", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={timeout_s}",
+    argv = ["ssh", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={timeout_s}", "-o", "ServerAliveInterval=15",
             "-o", f"StrictHostKeyChecking={data.get('ssh_strict_host_key_checking', 'yes')}"]
     for field, option in (("ssh_user", "-l"), ("ssh_port", "-p"), ("ssh_key", "-i")):
         if field in data:
@@ -66,9 +67,16 @@ def ssh_command(inv: Inventory, host: Host, *args: str, timeout_s: int = 10) -> 
         argv += ["-o", "IdentitiesOnly=yes"]
     if "ssh_known_hosts_file" in data:
         argv += ["-o", f"UserKnownHostsFile={data['ssh_known_hosts_file']}"]
+    return [*argv, host.address], data
+
+
+def ssh_command(inv: Inventory, host: Host, *args: str, timeout_s: int = 10) -> list[str]:
+    """OpenSSH's argv running `moodleops ARGS` (the toolkit's launcher) on
+    `host` as root, connected as ssh_argv()."""
+    argv, data = ssh_argv(inv, host, timeout_s=timeout_s)
     sudo = ["sudo", "-n"] if data["toolkit_sudo"] else []
     command = [*sudo, data["moodleops_bin"], *args]
-    return [*argv, host.address, " ".join(shlex.quote(a) for a in command)]
+    return [*argv, " ".join(shlex.quote(a) for a in command)]
 
 
 def _ssh_options(name: str, common_args: str) -> dict[str, str]:

@@ -120,3 +120,12 @@ def _address_in(node: Node, network: ipaddress.IPv4Network) -> str:
     if address not in network or address in (network.network_address, network.broadcast_address):
         node.fail(f"a host address of the rehearsal network {network}")
     return str(address)
+
+
+def own_addresses(inv: Inventory) -> frozenset[str]:
+    """The addresses of the containers the rehearsal of `inv` creates (the only
+    non-loopback targets tests and load runs accept unforced); empty for an
+    inventory that is not a rehearsal."""
+    if not (inv.env_dir / "rehearsal.yml").is_file():
+        return frozenset()
+    return frozenset(h.address for h in load_rehearsal(inv).hosts)

@@ -74,3 +74,25 @@ def test_peak_window_and_sampled_workers_per_node(tmp_path: Path) -> None:
     # Without samples and without a worker count there is nothing to divide by.
     with pytest.raises(CapacityError, match="no php-fpm samples"):
         sizing.from_runs([_run_summary(tmp_path / "bare.json", 10, 4.0, 500.0)], None)
+
+
+def test_nodes_named_by_the_load_balancer_count_their_workers_and_are_noted(tmp_path: Path) -> None:
+    """A run through the load balancer without php-fpm samples (the rehearsal
+    from the operator's side): the given workers are per node, so two nodes
+    that answered hold twice as many; each node's peak-window figures are noted."""
+    path = _run_summary(tmp_path / "lb.json", 20, 10.0, 900.0)
+    doc = json.loads(path.read_text())
+    doc["peak_window"] = {"from_s": 5.0, "to_s": 15.0, "totals": {"rps": 16.0, "p95_ms": 800.0}, "nodes": {
+        "web1": {"requests": 90, "failures": 0, "rps": 9.0, "p50_ms": 100.0, "p95_ms": 700.0, "p99_ms": 900.0},
+        "web2": {"requests": 70, "failures": 0, "rps": 7.0, "p50_ms": 110.0, "p95_ms": 850.0, "p99_ms": 990.0}}}
+    path.write_text(json.dumps(doc))
+    load = sizing.from_runs([path], php_fpm_workers=8)
+    assert load.php_fpm_workers == 16
+    assert load.throughput_rps_per_worker == pytest.approx(16.0 / 16)
+    assert any("web1 9.00 req/s, p95 700 ms, 90 requests" in n and "web2 7.00 req/s, p95 850 ms" in n
+               for n in load.notes), load.notes
+    assert any("8 per node x 2 node(s)" in n for n in load.notes), load.notes
+    doc["peak_window"]["nodes"]["web2"] = {"rps": "fast"}
+    path.write_text(json.dumps(doc))
+    with pytest.raises(CapacityError, match="peak_window.nodes"):
+        sizing.from_runs([path], php_fpm_workers=8)

@@ -18,6 +18,7 @@ from moodleops.loadtests.forms import find_form
 
 from moodleops.cli import main
 from moodleops.inventory import load_inventory
+from moodleops.rehearsal.spec import own_addresses
 
 
 def test_prepare_and_cleanup_refuse_a_production_inventory(tmp_path: Path, capsys) -> None:
@@ -43,6 +44,15 @@ def test_guard_functions() -> None:
     for url in ("https://moodle.univ-toulouse.fr", "http://10.0.0.5:8080", "http://127.example.org"):
         with pytest.raises(LoadtestError, match="not a loopback address"):
             guard_target(url, False)
+    # The rehearsal's own containers are targets (its lb1), nothing else of its network.
+    rehearsal = load_inventory("rehearsal")
+    guard_inventory(rehearsal, False, "prepare")
+    own = own_addresses(rehearsal)
+    lb1 = rehearsal.group("loadbalancer")[0].address
+    assert guard_target(f"https://{lb1}/", False, own) == f"https://{lb1}"
+    with pytest.raises(LoadtestError, match="nor a container of this inventory's rehearsal"):
+        guard_target(f"https://{lb1.rsplit('.', 1)[0]}.99", False, own)
+    assert own_addresses(load_inventory("production")) == frozenset()
     for prefix in ("admin", "lt", "lt-x1y2", "LTABC1", "lt" + "a" * 21):
         with pytest.raises(LoadtestError, match="--prefix"):
             check_prefix(prefix)

@@ -119,3 +119,27 @@ def test_warmup_is_left_out_and_the_peak_windows_p95_is_judged(tmp_path: Path) -
     found = verdict(win.steady_pages, win.steady_total, SLO, peak=win.peak_pages)
     assert [(v.page, v.metric, v.scope) for v in found] == [("course", "p95", "peak_window")]
     assert verdict(win.steady_pages, win.steady_total, SLO) == []
+
+
+def test_figures_per_web_node_from_the_load_balancers_header(tmp_path: Path) -> None:
+    """requests.csv's fifth column (the web node lb1 named) gives per-node figures
+    in the steady part and the peak window; rows without it (one node, no load
+    balancer, or an older worker's four columns) count in the totals only."""
+    start = 1_800_000_000.0
+    path = tmp_path / "r.csv"
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(f"# start {start}\n")
+        fh.writelines(f"{start + 10 + i * 0.5},course,{200.0 if i % 2 else 800.0},1,{'web1' if i % 2 else 'web2'}\n"
+                      for i in range(80))
+        fh.writelines(f"{start + 12 + i},course,300.0,1\n" for i in range(10))
+    _, samples = read_requests(path)
+    win = windows(start, samples, 60, warmup_s=5, window_s=20)
+    assert set(win.steady_nodes) == {"web1", "web2"}
+    assert win.steady_nodes["web1"].requests == win.steady_nodes["web2"].requests == 40
+    assert win.steady_total.requests == 90
+    assert win.steady_nodes["web1"].p95_ms == 200.0 and win.steady_nodes["web2"].p95_ms == 800.0
+    assert sum(n.requests for n in win.peak_nodes.values()) <= win.peak_total.requests
+    summary = build_summary(pages=win.steady_pages, total=win.steady_total, slo=SLO, violations=[], win=win,
+                            run={"shape": "exam"})
+    assert summary["steady"]["nodes"]["web2"]["p95_ms"] == 800.0
+    assert set(summary["peak_window"]["nodes"]) == {"web1", "web2"}

@@ -46,7 +46,7 @@ def test_workers_that_do_not_leave_are_killed_over_ssh(sshd: SshOptions, tmp_pat
     inv = load_inventory("local")
     plan = tmp_path / "plan.json"
     plan.write_text(json.dumps(make_plan(req, inv, load_model(inv), record)), encoding="utf-8")
-    workers = RemoteWorkers([LOOP], sshd)
+    workers = RemoteWorkers.with_options([LOOP], sshd)
     workers.start(plan, 1, "127.0.0.1", free_port())       # no master there
     remote = Path(sshd.remote_dir)
     deadline = time.monotonic() + 10
@@ -73,7 +73,7 @@ def test_an_unknown_host_key_is_refused_in_one_line(sshd: SshOptions, tmp_path: 
     bad = SshOptions(user="root", port=sshd.port, identity=sshd.identity, known_hosts=other,
                      remote_dir=sshd.remote_dir)
     with pytest.raises(WorkerHostError) as caught:
-        RemoteWorkers([LOOP], bad).start(plan, 1, "127.0.0.1", free_port())
+        RemoteWorkers.with_options([LOOP], bad).start(plan, 1, "127.0.0.1", free_port())
     line = caught.value.line()
     assert line.startswith(f"SSH 127.0.0.1:{sshd.port} (load generator gen-loop): the host key changed: "
                            f"{other} line 1 holds another key for [127.0.0.1]:{sshd.port}"), line

@@ -8,9 +8,11 @@ last test, before the rest of the suite runs. Each module used to build its own
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from moodleops.loadtests.fixture import new_prefix
 
 from moodleops.platform.ansible import run_playbook
 
@@ -23,7 +25,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     tests without `platform` run first (each group keeps its order)."""
     here = Path(__file__).parent
     slots = [n for n, item in enumerate(items) if here in Path(item.path).parents]
-    ordered = sorted((items[n] for n in slots), key=lambda item: "platform" in getattr(item, "fixturenames", ()))
+    # A module that leaves the platform damaged (RUNS_LAST: a web node lost) comes last.
+    ordered = sorted((items[n] for n in slots), key=lambda item: (
+        "platform" in getattr(item, "fixturenames", ()), bool(getattr(getattr(item, "module", None), "RUNS_LAST", False))))
     for n, item in zip(slots, ordered, strict=True):
         items[n] = item
 
@@ -35,3 +39,30 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
         assert up.returncode == 0, (up.stdout + up.stderr)[-6000:]
         second = run_playbook(INV, "site.yml", PLATFORM_PLAY, echo=False)
         yield Platform(second, lb1_certificate(tmp_path_factory), up.stdout)
+
+
+@dataclass(frozen=True)
+class LoadFixture:
+    prefix: str
+    directory: Path         # the operator's side's fixture records
+    users: int              # the peak users it is sized for (exam shape, two workers)
+
+
+@pytest.fixture(scope="package")
+def load_fixture(platform: Platform, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoadFixture]:
+    """A load-test fixture made through Moodle on web1 from the operator's side
+    (`loadtest prepare` runs there over SSH and brings its record back), for
+    the distributed runs (test_loadgen, test_node_loss); removed at the end."""
+    fx = LoadFixture(new_prefix(), tmp_path_factory.mktemp("loadtest-fixtures"), 12)
+    prep = moodleops("-i", INV.env, "loadtest", "prepare", "--prefix", fx.prefix, "--fixture-dir", str(fx.directory),
+                     "--for-shape", "exam", "--users", str(fx.users), "--workers", "2", "--courses", "2",
+                     "--questions", "3")
+    assert prep.returncode == 0, prep.stdout + prep.stderr
+    assert "on web1 over SSH" in prep.stdout, prep.stdout
+    try:
+        yield fx
+    finally:
+        clean = moodleops("-i", INV.env, "loadtest", "cleanup", "--prefix", fx.prefix, "--fixture-dir",
+                          str(fx.directory), "--yes")
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    assert not (fx.directory / f"{fx.prefix}.json").exists()

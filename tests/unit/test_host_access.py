@@ -46,3 +46,18 @@ def test_the_inventory_file_gets_json_or_one_line(capsys: pytest.CaptureFixture[
     assert main(["nope", "web"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "env: 'nope' is not valid" in err
+
+
+def test_a_rehearsal_load_generator_is_reached_as_ansible_and_runs_the_toolkits_python() -> None:
+    """`loadtest run --workers` starts workers there with the user, key and
+    pinned known_hosts Ansible uses, as the toolkit's virtualenv Python."""
+    from moodleops.loadtests.ssh import WorkerHost
+
+    inv = load_inventory("rehearsal")
+    gen = inv.group("loadgen")[0]
+    w = WorkerHost.of_inventory(inv, gen)
+    assert w.ssh[0] == "ssh" and w.ssh[-1] == gen.address
+    assert "BatchMode=yes" in w.ssh and "StrictHostKeyChecking=yes" in w.ssh
+    assert w.user == "moodleops" and w.known_hosts.endswith("known_hosts") and w.identity
+    assert any(a == f"UserKnownHostsFile={w.known_hosts}" for a in w.ssh)
+    assert w.python == "/opt/moodleops/venv/bin/python"

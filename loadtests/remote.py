@@ -1,0 +1,74 @@
+"""The fixture commands for a Moodle that is not on this machine (the
+rehearsal, a platform reached from an operator's machine): the same
+`moodleops loadtest ...` runs on the first web node through the toolkit's
+launcher, over SSH as Ansible connects, and the fixture's record (what a run
+here needs: accounts, ids, password) comes back over SSH's stdout into this
+machine's fixture directory (0600)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from moodleops.loadtests.fixture import LoadtestError, save_record
+
+from moodleops.errors import oneline
+from moodleops.faults import ssh_fault
+from moodleops.inventory import Host, Inventory
+from moodleops.platform.ansible_view import AnsibleViewError
+from moodleops.platform.host_access import PyinfraHostError, ssh_command
+
+
+class RemoteFailed(LoadtestError):
+    """The command ran on the web node and failed there: its own line and exit status."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def first_web_node(inv: Inventory) -> Host:
+    return inv.group("web")[0]
+
+
+def on_web_node(inv: Inventory, *args: str, capture: bool = False, timeout_s: float = 3600) -> str:
+    """`moodleops ARGS` on the first web node; its output goes to ours (progress),
+    or is returned with `capture`. SSH's failure: SshError's one line; the
+    command's own: LoadtestError with its last line."""
+    node = first_web_node(inv)
+    try:
+        argv = ssh_command(inv, node, *args)
+    except (AnsibleViewError, PyinfraHostError) as exc:
+        raise LoadtestError(f"{node.name}: {exc}") from None
+    try:
+        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, text=True, timeout=timeout_s, check=False,
+                              stdout=subprocess.PIPE if capture else sys.stdout, stderr=subprocess.PIPE)
+    except subprocess.TimeoutExpired:
+        raise LoadtestError(f"{node.name}: `moodleops {' '.join(args[:2])}` gave no answer within "
+                            f"{timeout_s:g} s; check Moodle there") from None
+    if proc.returncode == 255:
+        raise ssh_fault(node.ssh_address, proc.stderr or "ssh exited 255",
+                        done="nothing was run on the web node")
+    if proc.returncode != 0:
+        why = oneline(proc.stderr).removeprefix("moodleops: error: ")[-300:] or f"exit {proc.returncode}"
+        raise RemoteFailed(f"on {node.name}: `moodleops {' '.join(args[:2])}` failed: {why}", proc.returncode)
+    if proc.stderr and not capture:
+        print(proc.stderr, end="", file=sys.stderr)
+    return proc.stdout if capture else ""
+
+
+def fetch_record(inv: Inventory, prefix: str, directory: Path) -> dict[str, Any]:
+    """The record `prepare` left on the web node, saved here as a local prepare saves it."""
+    text = on_web_node(inv, "loadtest", "record", "--prefix", prefix, capture=True)
+    try:
+        record = json.loads(text)
+    except ValueError:
+        raise LoadtestError(f"on {first_web_node(inv).name}: `moodleops loadtest record` did not print a "
+                            "fixture record") from None
+    if not isinstance(record, dict):
+        raise LoadtestError(f"on {first_web_node(inv).name}: the fixture record is not a JSON object")
+    save_record(directory, prefix, record)
+    return record
