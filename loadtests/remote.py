@@ -8,18 +8,14 @@ machine's fixture directory (0600)."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 from moodleops.loadtests.fixture import LoadtestError, save_record
 
-from moodleops.errors import oneline
-from moodleops.faults import ssh_fault
 from moodleops.inventory import Host, Inventory
 from moodleops.platform.ansible_view import AnsibleViewError
-from moodleops.platform.host_access import PyinfraHostError, ssh_command
+from moodleops.platform.host_access import PyinfraHostError, RemoteCommandFailed, run_moodleops
 
 
 class RemoteFailed(LoadtestError):
@@ -37,27 +33,14 @@ def first_web_node(inv: Inventory) -> Host:
 def on_web_node(inv: Inventory, *args: str, capture: bool = False, timeout_s: float = 3600) -> str:
     """`moodleops ARGS` on the first web node; its output goes to ours (progress),
     or is returned with `capture`. SSH's failure: SshError's one line; the
-    command's own: LoadtestError with its last line."""
+    command's own: RemoteFailed with its line and status."""
     node = first_web_node(inv)
     try:
-        argv = ssh_command(inv, node, *args)
-    except (AnsibleViewError, PyinfraHostError) as exc:
+        return run_moodleops(inv, node, *args, timeout_s=timeout_s, capture=capture)
+    except (AnsibleViewError, PyinfraHostError, TimeoutError) as exc:
         raise LoadtestError(f"{node.name}: {exc}") from None
-    try:
-        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, text=True, timeout=timeout_s, check=False,
-                              stdout=subprocess.PIPE if capture else sys.stdout, stderr=subprocess.PIPE)
-    except subprocess.TimeoutExpired:
-        raise LoadtestError(f"{node.name}: `moodleops {' '.join(args[:2])}` gave no answer within "
-                            f"{timeout_s:g} s; check Moodle there") from None
-    if proc.returncode == 255:
-        raise ssh_fault(node.ssh_address, proc.stderr or "ssh exited 255",
-                        done="nothing was run on the web node")
-    if proc.returncode != 0:
-        why = oneline(proc.stderr).removeprefix("moodleops: error: ")[-300:] or f"exit {proc.returncode}"
-        raise RemoteFailed(f"on {node.name}: `moodleops {' '.join(args[:2])}` failed: {why}", proc.returncode)
-    if proc.stderr and not capture:
-        print(proc.stderr, end="", file=sys.stderr)
-    return proc.stdout if capture else ""
+    except RemoteCommandFailed as exc:
+        raise RemoteFailed(f"on {node.name}: {exc}", exc.status) from None
 
 
 def fetch_record(inv: Inventory, prefix: str, directory: Path) -> dict[str, Any]:

@@ -4,19 +4,17 @@ plus a real HTTP login. Printed by `platform up` and `platform status`."""
 from __future__ import annotations
 
 import json
-import subprocess
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
 import requests
 
-from moodleops.errors import oneline
-from moodleops.faults import ssh_fault
+from moodleops.errors import SshError, oneline
 from moodleops.inventory import Inventory
 from moodleops.moodle import MoodleCLI, MoodleError
 from moodleops.platform.ansible_view import AnsibleViewError
-from moodleops.platform.host_access import PyinfraHostError, ssh_command
+from moodleops.platform.host_access import PyinfraHostError, RemoteCommandFailed, run_moodleops
 from moodleops.platform.monitoring_health import check_monitoring, endpoints
 from moodleops.platform.nodes import probe_web_nodes
 from moodleops.site import Site, SiteError
@@ -79,29 +77,27 @@ def _remote_probe(inv: Inventory, h: Health) -> dict[str, Any] | None:
     role's launcher, over SSH as Ansible connects."""
     node = inv.group("web")[0]
     try:
-        argv = ssh_command(inv, node, "platform", "probe")
+        out = run_moodleops(inv, node, "platform", "probe", timeout_s=120)
     except (AnsibleViewError, PyinfraHostError) as exc:
         h.problems.append(f"versions not read on {node.name}: {exc}")
         return None
-    try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False,
-                              stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        h.problems.append(f"versions not read on {node.name}: `moodleops platform probe` gave no answer "
-                          "within 120 s; check Moodle and the database from that node")
+    except TimeoutError as exc:
+        h.problems.append(f"versions not read on {node.name}: {exc}; check Moodle and the database from that node")
         return None
-    if proc.returncode == 255:
-        h.problems.append(f"versions not read on {node.name} over SSH: "
-                          f"{ssh_fault(node.ssh_address, proc.stderr).line()}")
+    except SshError as exc:
+        h.problems.append(f"versions not read on {node.name} over SSH: {exc.line()}")
         return None
-    last = proc.stdout.strip().splitlines()[-1:] or [""]
+    except RemoteCommandFailed as exc:
+        h.problems.append(f"versions not read on {node.name}: {exc}")
+        return None
+    last = out.strip().splitlines()[-1:] or [""]
     try:
         answer: dict[str, Any] = json.loads(last[0])
     except ValueError:
         answer = {}
-    if proc.returncode != 0 or not isinstance(answer, dict) or "installed" not in answer:
-        why = oneline(proc.stderr or proc.stdout)[-300:] or f"exit {proc.returncode}"
-        h.problems.append(f"versions not read on {node.name}: `moodleops platform probe` there: {why}")
+    if not isinstance(answer, dict) or "installed" not in answer:
+        h.problems.append(f"versions not read on {node.name}: `moodleops platform probe` there: "
+                          f"{oneline(out)[-300:] or 'no answer'}")
         return None
     h.lines.append(f"  Moodle   read on {node.name} over SSH (this machine is not a web node of '{inv.env}')")
     return answer

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import subprocess
 import sys
 from typing import Any
 
@@ -26,6 +27,14 @@ _SSH_OPTIONS = {"userknownhostsfile": "ssh_known_hosts_file",
 
 class PyinfraHostError(ValueError):
     pass
+
+
+class RemoteCommandFailed(RuntimeError):
+    """`moodleops ...` ran on the host and failed there: its last line and exit status."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def pyinfra_host(inv: Inventory, host: Host) -> tuple[str, dict[str, Any]]:
@@ -77,6 +86,31 @@ def ssh_command(inv: Inventory, host: Host, *args: str, timeout_s: int = 10) -> 
     sudo = ["sudo", "-n"] if data["toolkit_sudo"] else []
     command = [*sudo, data["moodleops_bin"], *args]
     return [*argv, " ".join(shlex.quote(a) for a in command)]
+
+
+def run_moodleops(inv: Inventory, host: Host, *args: str, timeout_s: float, capture: bool = True) -> str:
+    """`moodleops ARGS` on `host` through its launcher; returns what it printed
+    (with `capture`; else its output goes to ours, as progress). Raises
+    PyinfraHostError / AnsibleViewError (no way to connect), SshError (SSH
+    itself failed: one line naming the host), TimeoutError, RemoteCommandFailed."""
+    from moodleops.errors import oneline
+    from moodleops.faults import ssh_fault
+
+    argv = ssh_command(inv, host, *args)
+    try:
+        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, text=True, timeout=timeout_s, check=False,
+                              stdout=subprocess.PIPE if capture else sys.stdout, stderr=subprocess.PIPE)
+    except subprocess.TimeoutExpired:
+        raise TimeoutError(f"`moodleops {' '.join(args[:2])}` gave no answer within {timeout_s:g} s") from None
+    if proc.returncode == 255:
+        raise ssh_fault(host.ssh_address, proc.stderr or "ssh exited 255", done="nothing was run there")
+    if proc.returncode != 0:
+        why = oneline(proc.stderr or proc.stdout or "").removeprefix("moodleops: error: ")[-300:]
+        raise RemoteCommandFailed(f"`moodleops {' '.join(args[:2])}` there: {why or f'exit {proc.returncode}'}",
+                                  proc.returncode)
+    if proc.stderr and not capture:
+        print(proc.stderr, end="", file=sys.stderr)
+    return proc.stdout if capture else ""
 
 
 def _ssh_options(name: str, common_args: str) -> dict[str, str]:

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from moodleops import REPO_ROOT
+from moodleops.incident.runbook import FAULT_ENV
 from moodleops.site import site_of
 
 from .rehearsal_run import INV, SPEC, Platform, on, psql
@@ -134,3 +135,46 @@ def test_two_runbooks_at_the_same_moment_on_two_web_nodes_exactly_one_runs(membe
     undo = on(winner, f"sudo {LAUNCHER} incident reinstate {incident.group(0)} --apply --journal-copy -")
     assert undo.returncode == 0, undo.stdout + undo.stderr
     assert members.suspended() == before
+
+
+def test_a_runbook_killed_on_web1_is_recovered_exactly_from_the_operators_side(members: Members,
+                                                                             tmp_path: Path) -> None:
+    """The runbook on web1 dies in the middle of a chunk (kill -9 of its whole
+    session there, PHP included, as when the node's SSH session and its
+    processes are lost): what Moodle changed is in the journal's intent, a new
+    incident is refused, and `incident recover --apply` through the pyinfra
+    deploy completes it; reinstating it then gives back exactly the state before."""
+    before = members.suspended()
+    marker_dir = f"/tmp/moodleops-fault-{uuid.uuid4().hex[:8]}"
+    ticket = f"RH-4K-{uuid.uuid4().hex[:6]}"
+    marker = f"{marker_dir}/reached"
+    # Its own session on web1 (setsid), so that the kill below takes every process of it.
+    started = on("web1", f"mkdir -m 0777 {marker_dir} && sudo -n env {FAULT_ENV}=mid-chunk:{marker} setsid -f "
+                         f"{LAUNCHER} incident suspend --school {SCHOOL_A.code} --chunk-size 1 --reason "
+                         f"'rehearsal: killed' --ticket {ticket} --apply --journal-copy - > {marker_dir}/log 2>&1")
+    assert started.returncode == 0, started.stderr
+    deadline = time.monotonic() + 240
+    while on("web1", f"test -f {marker}").returncode != 0:
+        assert time.monotonic() < deadline, on("web1", f"cat {marker_dir}/log").stdout
+        time.sleep(0.5)
+    killed = on("web1", f"sid=$(ps -o sid= -p $(pgrep -f -- '--ticket {ticket}' | head -1)) && "
+                        "sudo -n pkill -KILL -s $sid && echo killed $sid")
+    assert killed.returncode == 0 and "killed" in killed.stdout, killed.stdout + killed.stderr
+    # Whatever Moodle already changed is a member of school A (the intent's scope), nobody else.
+    changed = {k for k, v in members.suspended().items() if v != before[k]}
+    # (chunk 1 acknowledged, the kill inside chunk 2)
+    assert changed and changed <= {"a1", "a2"}, changed
+    refused = _pyinfra(f"suspend --users {members.name('b1')} --reason 'rehearsal: blocked' --ticket {ticket}B "
+                       "--apply", tmp_path)
+    assert refused.returncode != 0 and "incident recover" in refused.stdout + refused.stderr, refused.stdout[-2000:]
+    assert members.suspended()["b1"] == before["b1"]
+    recovered = _pyinfra("recover --apply", tmp_path)
+    assert recovered.returncode == 0, (recovered.stdout + recovered.stderr)[-3000:]
+    assert members.suspended() == {**before, "a1": 1, "a2": 1}
+    records = [json.loads(line) for line in (tmp_path / f"incidents-{INV.env}-web1.jsonl").read_text(
+        encoding="utf-8").splitlines()]
+    intent = next(r for r in reversed(records) if r.get("type") == "intent" and r.get("ticket") == ticket)
+    undo = _pyinfra(f"reinstate {intent['incident']} --apply", tmp_path)
+    assert undo.returncode == 0, (undo.stdout + undo.stderr)[-3000:]
+    assert members.suspended() == before
+    on("web1", f"sudo -n rm -rf {marker_dir}")
