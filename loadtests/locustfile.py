@@ -30,8 +30,8 @@ from locust import events
 from locust.runners import MasterRunner, WorkerRunner
 from locust.stats import PERCENTILES_TO_REPORT, StatsCSV
 from moodleops.loadtests.shapes import SHAPE_CLASSES
-from moodleops.loadtests.timeline import load_plan
 from moodleops.loadtests.users import (  # noqa: F401  (Locust discovers them here)
+    PLAN,
     DeadlineStudentUser,
     ExamStudentUser,
     NewStudentUser,
@@ -40,14 +40,14 @@ from moodleops.loadtests.users import (  # noqa: F401  (Locust discovers them he
     TrainerUser,
 )
 
-Shape = SHAPE_CLASSES[load_plan()["timeline"]["shape"]]
+Shape = SHAPE_CLASSES[PLAN["timeline"]["shape"]]
 REQUESTS_CSV = "requests.csv"
 FINAL_STATS_SUFFIX = "_stats_final.csv"
 MESSAGE = "moodleops_requests"
 FLUSH, FLUSHED = "moodleops_flush", "moodleops_flushed"     # master -> workers, and their answer
 
 
-SERVED_BY = load_plan().get("served_by_header", "")
+SERVED_BY = PLAN.get("served_by_header", "")
 
 
 def _row(start_time: float | None, name: str, response_time: float, exception: Any, response: Any) -> list[Any]:

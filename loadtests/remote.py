@@ -18,12 +18,8 @@ from moodleops.platform.ansible_view import AnsibleViewError
 from moodleops.platform.host_access import PyinfraHostError, RemoteCommandFailed, run_moodleops
 
 
-class RemoteFailed(LoadtestError):
+class RemoteFailed(RemoteCommandFailed, LoadtestError):
     """The command ran on the web node and failed there: its own line and exit status."""
-
-    def __init__(self, message: str, status: int) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 def first_web_node(inv: Inventory) -> Host:

@@ -63,15 +63,13 @@ class WorkerHost:
 
     @classmethod
     def with_options(cls, host: Host, o: SshOptions) -> WorkerHost:
+        from moodleops.platform.host_access import openssh_argv
+
         port = o.port or host.port or 22
-        cmd = ["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
-               "-o", f"ConnectTimeout={o.connect_timeout_s}", "-o", "ServerAliveInterval=15", "-p", str(port)]
-        if o.identity is not None:
-            cmd += ["-i", str(o.identity), "-o", "IdentitiesOnly=yes"]
-        if o.known_hosts is not None:
-            cmd += ["-o", f"UserKnownHostsFile={o.known_hosts}"]
-        return cls(host, (*cmd, f"{o.user}@{host.address}" if o.user else host.address), o.remote_python, port,
-                   o.user or "", str(o.identity or ""), str(o.known_hosts or ""))
+        user, identity, known_hosts = o.user or "", str(o.identity or ""), str(o.known_hosts or "")
+        argv = openssh_argv(host.address, user=user, port=port, identity=identity, known_hosts=known_hosts,
+                            timeout_s=o.connect_timeout_s)
+        return cls(host, tuple(argv), o.remote_python, port, user, identity, known_hosts)
 
     @classmethod
     def of_inventory(cls, inv: Inventory, host: Host, timeout_s: int = 10) -> WorkerHost:

@@ -78,7 +78,7 @@ def _remote_probe(inv: Inventory, h: Health) -> dict[str, Any] | None:
     node = inv.group("web")[0]
     try:
         out = run_moodleops(inv, node, "platform", "probe", timeout_s=120)
-    except (AnsibleViewError, PyinfraHostError) as exc:
+    except (AnsibleViewError, PyinfraHostError, RemoteCommandFailed) as exc:
         h.problems.append(f"versions not read on {node.name}: {exc}")
         return None
     except TimeoutError as exc:
@@ -86,9 +86,6 @@ def _remote_probe(inv: Inventory, h: Health) -> dict[str, Any] | None:
         return None
     except SshError as exc:
         h.problems.append(f"versions not read on {node.name} over SSH: {exc.line()}")
-        return None
-    except RemoteCommandFailed as exc:
-        h.problems.append(f"versions not read on {node.name}: {exc}")
         return None
     last = out.strip().splitlines()[-1:] or [""]
     try:

@@ -67,16 +67,27 @@ def ssh_argv(inv: Inventory, host: Host, *, timeout_s: int = 10) -> tuple[list[s
     name, data = pyinfra_host(inv, host)
     if name == "@local":
         raise PyinfraHostError(f"{host.name}: Ansible reaches it locally: run the command here")
+    argv = openssh_argv(host.address, user=str(data.get("ssh_user", "")), port=data.get("ssh_port"),
+                        identity=str(data.get("ssh_key", "")), known_hosts=str(data.get("ssh_known_hosts_file", "")),
+                        strict=str(data.get("ssh_strict_host_key_checking", "yes")), timeout_s=timeout_s)
+    return argv, data
+
+
+def openssh_argv(address: str, *, user: str = "", port: int | None = None, identity: str = "",
+                 known_hosts: str = "", strict: str = "yes", timeout_s: int = 10) -> list[str]:
+    """OpenSSH's argv up to and including `address`: no prompt, host keys
+    checked (`strict`), only the given key when one is given."""
     argv = ["ssh", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={timeout_s}", "-o", "ServerAliveInterval=15",
-            "-o", f"StrictHostKeyChecking={data.get('ssh_strict_host_key_checking', 'yes')}"]
-    for field, option in (("ssh_user", "-l"), ("ssh_port", "-p"), ("ssh_key", "-i")):
-        if field in data:
-            argv += [option, str(data[field])]
-    if "ssh_key" in data:
-        argv += ["-o", "IdentitiesOnly=yes"]
-    if "ssh_known_hosts_file" in data:
-        argv += ["-o", f"UserKnownHostsFile={data['ssh_known_hosts_file']}"]
-    return [*argv, host.address], data
+            "-o", f"StrictHostKeyChecking={strict}"]
+    if user:
+        argv += ["-l", user]
+    if port:
+        argv += ["-p", str(port)]
+    if identity:
+        argv += ["-i", identity, "-o", "IdentitiesOnly=yes"]
+    if known_hosts:
+        argv += ["-o", f"UserKnownHostsFile={known_hosts}"]
+    return [*argv, address]
 
 
 def ssh_command(inv: Inventory, host: Host, *args: str, timeout_s: int = 10) -> list[str]:
