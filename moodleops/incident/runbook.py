@@ -38,7 +38,9 @@ from moodleops.site import Site
 
 INCIDENTS_SUBDIR = "incidents"
 DEFAULT_CHUNK = 200
-FAULT_ENV = "MOODLEOPS_FAULT"   # tests only: "<point>:<marker file>" stalls there until killed
+# Tests only: "<point>:<marker file>" stalls there until killed; with ":<seconds>"
+# after it, holds that long and goes on (a runbook that keeps the lock a while).
+FAULT_ENV = "MOODLEOPS_FAULT"
 Maker = Callable[[Holds, dict[str, Incident]], Plan]
 
 
@@ -46,15 +48,19 @@ def _fault() -> dict[str, str] | None:
     spec = os.environ.get(FAULT_ENV)
     if not spec or ":" not in spec:
         return None
-    point, marker = spec.split(":", 1)
-    return {"point": point, "marker": marker}
+    point, marker, hold = (*spec.split(":", 2), "")[:3]
+    return {"point": point, "marker": marker, "hold": hold}
 
 
 def _stall(point: str) -> None:
-    """Fault injection for the kill tests: write the marker, then wait to be killed."""
+    """Fault injection for the kill tests: write the marker, then wait to be
+    killed (or, with a hold, wait that long and go on)."""
     fault = _fault()
     if fault and fault["point"] == point:
         Path(fault["marker"]).write_text(point + "\n", encoding="utf-8")
+        if fault["hold"]:
+            time.sleep(float(fault["hold"]))
+            return
         time.sleep(600)
         raise SystemExit(9)
 

@@ -113,8 +113,11 @@ def test_two_runbooks_at_the_same_moment_on_two_web_nodes_exactly_one_runs(membe
     before = members.suspended()
     at = time.time() + 5
     # Both wait on the same clock (the containers share this machine's) and start at the same instant.
+    # Each holds the lock 10 s once its intent is written (then goes on), so the two overlap
+    # whatever the hosts' speed: a one-account suspension alone takes about a second.
     def runbook(node: str, user: str) -> subprocess.CompletedProcess[str]:
-        return on(node, f"python3 -c 'import time; time.sleep(max(0, {at} - time.time()))' && sudo {LAUNCHER} "
+        return on(node, f"python3 -c 'import time; time.sleep(max(0, {at} - time.time()))' && sudo env "
+                        f"{FAULT_ENV}=after-intent:/tmp/race-{user}:10 {LAUNCHER} "
                         f"incident suspend --users {members.name(user)} --reason 'rehearsal: race' "
                         "--ticket RH-4L --apply --journal-copy -")
     with ThreadPoolExecutor(2) as pool:
