@@ -41,13 +41,14 @@ def wait_http(url: str, attempts: int = 300) -> None:
 
 
 @contextmanager
-def moto_s3(bucket: str) -> Iterator[str]:
-    """moto in server mode with `bucket` made; test credentials in the environment
-    (and none of the operator's: profile, session, endpoint override)."""
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+def moto_s3(bucket: str, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+    """moto in server mode on `host` (loopback; the rehearsal: its bridge's
+    gateway, this machine's side) with `bucket` made; test credentials in the
+    environment (and none of the operator's: profile, session, endpoint override)."""
+    port = port or free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", host, "-p", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
+    url = f"http://{host}:{port}"
     mp = pytest.MonkeyPatch()
     mp.setenv("AWS_ACCESS_KEY_ID", "moodleops-test")
     mp.setenv("AWS_SECRET_ACCESS_KEY", "moodleops-test")

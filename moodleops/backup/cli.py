@@ -10,7 +10,16 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
-from moodleops.backup import export_mail, manifest, markers, restore, retention, schedule_cli, sealing
+from moodleops.backup import (
+    export_mail,
+    job_host,
+    manifest,
+    markers,
+    restore,
+    retention,
+    schedule_cli,
+    sealing,
+)
 from moodleops.backup.config import BackupConfig, backup_config
 from moodleops.backup.index import BlobIndex
 from moodleops.backup.platform_backup import backup_lock, report_json, run_backup, work_dir
@@ -124,7 +133,23 @@ def _guard(fn: Any) -> Any:
     return run
 
 
+def _elsewhere(args: argparse.Namespace, command: str, *words: str) -> int | None:
+    """The command's exit status on the job host when Moodle is not on this
+    machine (job_host.py); None: run it here."""
+    inv = load_inventory(args.inventory)
+    if site_of(inv).moodle_here:
+        return None
+    return job_host.run_there(inv, command, *words)
+
+
+def _format(args: argparse.Namespace) -> list[str]:
+    return ["--format", args.format]
+
+
 def cmd_run_unguarded(args: argparse.Namespace) -> int:
+    there = _elsewhere(args, "run", *(["--fresh"] if args.fresh else []), *_format(args))
+    if there is not None:
+        return there
     inv, site, cfg, s3 = _ctx(args.inventory)
     site.require_here()     # the dump is taken from here and moodledata read from here
     try:
@@ -146,6 +171,9 @@ cmd_run = _guard(cmd_run_unguarded)
 
 @_guard
 def cmd_list(args: argparse.Namespace) -> int:
+    there = _elsewhere(args, "list", *_format(args))
+    if there is not None:
+        return there
     _inv, _site, cfg, s3 = _ctx(args.inventory)
     ids = manifest.list_ids(s3, cfg)
     keep = retention.kept_ids(ids, cfg.retention) if ids else set()
@@ -170,6 +198,10 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_prune(args: argparse.Namespace) -> int:
     if args.grace_hours < 0:
         return _err(f"--grace-hours {args.grace_hours} is not valid (allowed: 0 or more)")
+    # The job host's bucket index is the one a prune must update.
+    there = _elsewhere(args, "prune", "--grace-hours", str(args.grace_hours), *(["--confirm"] if args.confirm else []))
+    if there is not None:
+        return there
     _inv, site, cfg, s3 = _ctx(args.inventory)
     with backup_lock(site):
         p = retention.plan(s3, cfg, grace=timedelta(hours=args.grace_hours))
@@ -200,9 +232,11 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 @_guard
 def cmd_restore(args: argparse.Namespace) -> int:
-    _inv, _site, cfg, s3 = _ctx(args.inventory)
     target_inv = load_inventory(args.target_inventory)
     target = site_of(target_inv)
+    if not target.moodle_here:
+        return _restore_elsewhere(args, target_inv)
+    _inv, _site, cfg, s3 = _ctx(args.inventory)
     target.require_here()   # moodledata is restored here, and Moodle's CLI run here
     try:
         key = manifest.resolve_key(cfg, args.manifest)
@@ -226,6 +260,19 @@ def cmd_restore(args: argparse.Namespace) -> int:
     print("\n".join(rep.lines()))
     print(f"Moodle serves the restored data at {target.wwwroot}")
     return 0
+
+
+def _restore_elsewhere(args: argparse.Namespace, target_inv: Any) -> int:
+    """A restore onto a platform whose Moodle is elsewhere runs on its job host,
+    from its own bucket: only onto the platform of --inventory."""
+    if target_inv.env_dir != load_inventory(args.inventory).env_dir:
+        return _err(f"--target-inventory {args.target_inventory}: its Moodle is not on this machine, and a "
+                    f"restore from another platform's bucket ({args.inventory}) cannot run on its job host "
+                    "from here: run it on one of its web nodes")
+    return job_host.run_there(target_inv, "restore", "--manifest", args.manifest,
+                              *(["--confirm"] if args.confirm else []),
+                              *(["--allow-plugin-differences"] if args.allow_plugin_differences else []),
+                              onto_itself=True)
 
 
 @_guard

@@ -14,6 +14,7 @@ from moodleops.platform.ansible import PlaybookResult, run_playbook
 from moodleops.platform.guard import PlatformHeld, platform_operation
 from moodleops.platform.health import check_health, moodle_probe
 from moodleops.platform.lock import PlatformLockBusy, PlatformLockError
+from moodleops.platform.monitoring_health import MonitoringEndpoints, check_monitoring
 from moodleops.platform.secrets import ensure_local_secrets
 from moodleops.site import site_of
 
@@ -81,6 +82,12 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_probe(args: argparse.Namespace) -> int:
     inv = load_inventory(args.inventory)
     print(json.dumps(moodle_probe(inv, site_of(inv))))
+    return 0
+
+
+def cmd_monitoring_probe(args: argparse.Namespace) -> int:
+    lines, problems, warnings = check_monitoring(MonitoringEndpoints(args.exporter, args.prometheus))
+    print(json.dumps({"lines": lines, "problems": problems, "warnings": warnings}))
     return 0
 
 
@@ -204,6 +211,16 @@ def register(areas: argparse._SubParsersAction) -> None:
         epilog="exit status:\n  0  answered\n  2  this machine is not a web node of the inventory\n"
                "  4  Moodle's CLI failed\n")
     probe.set_defaults(run=cmd_probe)
+    mprobe = add_command(
+        commands, "monitoring-probe", summary="is this host's monitoring working, as one JSON line (for `status`)",
+        description="Ask the storage exporter and Prometheus at the given URLs (this host's loopback, where the "
+                    "monitoring role binds them) whether the exporter answers and Prometheus scrapes it; print "
+                    "the report lines, problems and warnings as one JSON line. `platform status` run elsewhere "
+                    "asks the monitoring host this over SSH, with the URLs Ansible computes for it.",
+        epilog="exit status:\n  0  answered (the problems are in the JSON)\n")
+    mprobe.add_argument("--exporter", required=True, metavar="URL", help="the storage exporter, http://host:port")
+    mprobe.add_argument("--prometheus", required=True, metavar="URL", help="Prometheus, http://host:port")
+    mprobe.set_defaults(run=cmd_monitoring_probe)
     upgrade = add_command(
         commands, "upgrade", summary="patch to the pins: pre-flight, backup, maintenance, switch, rollback",
         description="Move the platform to the versions pinned in inventory/moodle.yml (a 4.1.x point release "

@@ -11,7 +11,7 @@ from typing import Any
 import requests
 
 from moodleops.errors import SshError, oneline
-from moodleops.inventory import Inventory
+from moodleops.inventory import Host, Inventory
 from moodleops.moodle import MoodleCLI, MoodleError
 from moodleops.platform.ansible_view import AnsibleViewError
 from moodleops.platform.host_access import PyinfraHostError, RemoteCommandFailed, run_moodleops
@@ -76,16 +76,9 @@ def _remote_probe(inv: Inventory, h: Health) -> dict[str, Any] | None:
     """`moodleops platform probe` on the first web node, through the toolkit
     role's launcher, over SSH as Ansible connects."""
     node = inv.group("web")[0]
-    try:
-        out = run_moodleops(inv, node, "platform", "probe", timeout_s=120)
-    except (AnsibleViewError, PyinfraHostError, RemoteCommandFailed) as exc:
-        h.problems.append(f"versions not read on {node.name}: {exc}")
-        return None
-    except TimeoutError as exc:
-        h.problems.append(f"versions not read on {node.name}: {exc}; check Moodle and the database from that node")
-        return None
-    except SshError as exc:
-        h.problems.append(f"versions not read on {node.name} over SSH: {exc.line()}")
+    out = _ask_over_ssh(inv, node, h, "versions", "platform", "probe", timeout_s=120,
+                        hint="check Moodle and the database from that node")
+    if out is None:
         return None
     last = out.strip().splitlines()[-1:] or [""]
     try:
@@ -98,6 +91,21 @@ def _remote_probe(inv: Inventory, h: Health) -> dict[str, Any] | None:
         return None
     h.lines.append(f"  Moodle   read on {node.name} over SSH (this machine is not a web node of '{inv.env}')")
     return answer
+
+
+def _ask_over_ssh(inv: Inventory, host: Host, h: Health, what: str, *args: str, timeout_s: float,
+                  hint: str) -> str | None:
+    """What `moodleops ARGS` printed on `host` (its toolkit, over SSH as Ansible
+    connects); None, with one problem naming `what` and why, when it could not be had."""
+    try:
+        return run_moodleops(inv, host, *args, timeout_s=timeout_s)
+    except (AnsibleViewError, PyinfraHostError, RemoteCommandFailed) as exc:
+        h.problems.append(f"{what} not read on {host.name}: {exc}")
+    except TimeoutError as exc:
+        h.problems.append(f"{what} not read on {host.name}: {exc}; {hint}")
+    except SshError as exc:
+        h.problems.append(f"{what} not read on {host.name} over SSH: {exc.line()}")
+    return None
 
 
 def _check_nodes(inv: Inventory, site: Site, h: Health) -> None:
@@ -164,15 +172,37 @@ def _check_login(inv: Inventory, site: Site, h: Health) -> None:
         h.lines.append(f"  HTTP     login as admin OK (session alive: {session.is_logged_in()})")
     except (LoginFailed, SiteError, requests.RequestException) as exc:
         h.problems.append(f"HTTP login failed: {exc}")
-    # The daemons listen on the monitoring host's loopback; a rehearsal Moodle
-    # beside the real one runs none of its own (monitoring_enabled: false).
-    if inv.group("monitoring") and inv.is_loopback_only and inv.settings.monitoring_enabled:
-        try:
-            ep = endpoints(inv)
-        except AnsibleViewError as exc:
-            h.problems.append(str(exc))
-            return
+    _check_monitoring(inv, h)
+
+
+def _check_monitoring(inv: Inventory, h: Health) -> None:
+    """The daemons listen on the monitoring host's loopback: asked here on a
+    one-host stack, else there over SSH (`platform monitoring-probe` of its
+    toolkit, with the addresses Ansible computes). A rehearsal Moodle beside
+    the real one runs none of its own (monitoring_enabled: false)."""
+    if not inv.group("monitoring") or not inv.settings.monitoring_enabled:
+        return
+    try:
+        ep = endpoints(inv)
+    except AnsibleViewError as exc:
+        h.problems.append(str(exc))
+        return
+    if inv.is_loopback_only:
         lines, problems, warnings = check_monitoring(ep)
-        h.lines += lines
-        h.problems += problems
-        h.warnings += warnings
+    else:
+        mon = inv.group("monitoring")[0]
+        out = _ask_over_ssh(inv, mon, h, "monitoring", "platform", "monitoring-probe", "--exporter", ep.exporter,
+                            "--prometheus", ep.prometheus, timeout_s=60, hint="check the toolkit on that host")
+        if out is None:
+            return
+        try:
+            answer = json.loads((out.strip().splitlines() or ["{}"])[-1])
+            lines, problems, warnings = (list(answer[k]) for k in ("lines", "problems", "warnings"))
+        except (ValueError, KeyError, TypeError):
+            h.problems.append(f"monitoring not read on {mon.name}: `moodleops platform monitoring-probe` there "
+                              "did not answer in JSON (an older toolkit? run `platform up`)")
+            return
+        lines = [f"  Monitor  read on {mon.name} over SSH (its daemons listen on its loopback)", *lines]
+    h.lines += lines
+    h.problems += problems
+    h.warnings += warnings

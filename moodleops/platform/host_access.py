@@ -90,38 +90,75 @@ def openssh_argv(address: str, *, user: str = "", port: int | None = None, ident
     return [*argv, address]
 
 
-def ssh_command(inv: Inventory, host: Host, *args: str, timeout_s: int = 10) -> list[str]:
-    """OpenSSH's argv running `moodleops ARGS` (the toolkit's launcher) on
-    `host` as root, connected as ssh_argv()."""
+def ssh_command(inv: Inventory, host: Host, *args: str, timeout_s: int = 10, program: str = "") -> list[str]:
+    """OpenSSH's argv running `moodleops ARGS` (the toolkit's launcher, or
+    `program`, another launcher of it there) on `host` as root, connected as
+    ssh_argv()."""
     argv, data = ssh_argv(inv, host, timeout_s=timeout_s)
     sudo = ["sudo", "-n"] if data["toolkit_sudo"] else []
-    command = [*sudo, data["moodleops_bin"], *args]
+    command = [*sudo, program or data["moodleops_bin"], *args]
     return [*argv, " ".join(shlex.quote(a) for a in command)]
 
 
-def run_moodleops(inv: Inventory, host: Host, *args: str, timeout_s: float, capture: bool = True) -> str:
-    """`moodleops ARGS` on `host` through its launcher; returns what it printed
-    (with `capture`; else its output goes to ours, as progress). Raises
+def run_moodleops(inv: Inventory, host: Host, *args: str, timeout_s: float, capture: bool = True,
+                  program: str = "", what: str = "") -> str:
+    """`moodleops ARGS` on `host` through its launcher (or `program`, its
+    words named `what` in messages); returns what it printed (with `capture`;
+    else its output and progress go to ours as they come). Raises
     PyinfraHostError / AnsibleViewError (no way to connect), SshError (SSH
     itself failed: one line naming the host), TimeoutError, RemoteCommandFailed."""
     from moodleops.errors import oneline
     from moodleops.faults import ssh_fault
 
-    argv = ssh_command(inv, host, *args)
+    argv = ssh_command(inv, host, *args, program=program)
+    what = what or f"moodleops {' '.join(args[:2])}"
     try:
-        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, text=True, timeout=timeout_s, check=False,
-                              stdout=subprocess.PIPE if capture else sys.stdout, stderr=subprocess.PIPE)
+        if capture:
+            proc = subprocess.run(argv, stdin=subprocess.DEVNULL, text=True, timeout=timeout_s, check=False,
+                                  capture_output=True)
+            status, out, err = proc.returncode, proc.stdout, proc.stderr
+        else:
+            (status, err), out = _streamed(argv, timeout_s), ""
     except subprocess.TimeoutExpired:
-        raise TimeoutError(f"`moodleops {' '.join(args[:2])}` gave no answer within {timeout_s:g} s") from None
-    if proc.returncode == 255:
-        raise ssh_fault(host.ssh_address, proc.stderr or "ssh exited 255", done="nothing was run there")
-    if proc.returncode != 0:
-        why = oneline(proc.stderr or proc.stdout or "").removeprefix("moodleops: error: ")[-300:]
-        raise RemoteCommandFailed(f"`moodleops {' '.join(args[:2])}` there: {why or f'exit {proc.returncode}'}",
-                                  proc.returncode)
-    if proc.stderr and not capture:
-        print(proc.stderr, end="", file=sys.stderr)
-    return proc.stdout if capture else ""
+        raise TimeoutError(f"`{what}` gave no answer within {timeout_s:g} s") from None
+    if status == 255:
+        raise ssh_fault(host.ssh_address, err or "ssh exited 255", done="nothing was run there")
+    if status != 0:
+        why = oneline(err or out or "").removeprefix("moodleops: error: ")[-300:]
+        raise RemoteCommandFailed(f"`{what}` there: {why or f'exit {status}'}", status)
+    return out
+
+
+def _streamed(argv: list[str], timeout_s: float) -> tuple[int, str]:
+    """Runs `argv` with its stdout on ours and its stderr (progress) passed on
+    line by line, except the command's own `moodleops: ...` lines and SSH's
+    last words, which are kept for the caller's one line. (status, kept)."""
+    import threading
+    from collections import deque
+
+    kept: deque[str] = deque(maxlen=5)
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=sys.stdout, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    stream = proc.stderr
+
+    def relay() -> None:
+        for line in stream:
+            kept.append(line)
+            if not line.startswith(("moodleops:", "ssh:")):
+                print(line, end="", file=sys.stderr, flush=True)
+
+    reader = threading.Thread(target=relay, daemon=True)
+    reader.start()
+    try:
+        status = proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise
+    finally:
+        reader.join(timeout=5)
+    last = [ln for ln in kept if ln.startswith(("moodleops:", "ssh:"))] or list(kept)[-1:]
+    return status, "".join(last)
 
 
 def _ssh_options(name: str, common_args: str) -> dict[str, str]:

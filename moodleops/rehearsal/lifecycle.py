@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from moodleops.platform.secrets import ensure_local_secrets
+from moodleops.platform.secrets import BACKUP_NAMES, ensure_local_secrets
 from moodleops.rehearsal import lxc, network, ssh
 from moodleops.rehearsal.base import ensure_base
 from moodleops.rehearsal.spec import Rehearsal, RehearsalHost
@@ -105,7 +105,7 @@ def up(spec: Rehearsal, say: Say) -> None:
 
 def _up_hosts(spec: Rehearsal, state: State, say: Say) -> None:
     public_key = ssh.ensure_key(spec)
-    created = ensure_local_secrets(spec.state_dir / "secrets")
+    created = ensure_local_secrets(spec.state_dir / "secrets", BACKUP_NAMES)
     if created:
         say(f"secrets: generated {', '.join(created)} in {spec.state_dir / 'secrets'}")
 

@@ -5,6 +5,7 @@ certificate to trust."""
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -14,15 +15,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import requests
 
 from moodleops import REPO_ROOT
 from moodleops.inventory import load_inventory
 from moodleops.platform.ansible import PlaybookResult
 from moodleops.rehearsal import lxc, ssh
 from moodleops.rehearsal.spec import load_rehearsal
+from moodleops.webclient import MoodleSession, login
 
 INV = load_inventory("rehearsal")
 SPEC = load_rehearsal(INV)
+WWWROOT = f"https://{SPEC.host('lb1').address}"
 # site.yml onto every host (gen1, gen2: base and node-exporter only; gen1 is a
 # host the database must refuse). mon1 mounts moodledata and runs the monitoring.
 PLATFORM_PLAY: list[str] = []
@@ -80,3 +84,33 @@ def lb1_certificate(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ca = tmp_path_factory.mktemp("tls") / "lb1.crt"
     ca.write_text(on("lb1", "cat /etc/ssl/moodleops/moodle.crt").stdout, encoding="utf-8")
     return ca
+
+
+def admin_session(ca: Path) -> MoodleSession:
+    """Moodle's admin logged in through lb1, trusting only lb1's certificate `ca`."""
+    http = requests.Session()
+    # Only lb1's certificate: no CA bundle from the environment may override it.
+    http.trust_env = False
+    http.verify = str(ca)
+    return login(WWWROOT, "admin", secret("admin_password"), http=http)
+
+
+_UPLOAD_REPO = re.compile(r'"id":"(\d+)","name":"[^"]*","type":"upload"')
+_DRAFT_ITEM = re.compile(r'name="files_filemanager"[^>]*value="(\d+)"|value="(\d+)"[^>]*name="files_filemanager"')
+_USER_CONTEXT = re.compile(r'"contextid":(\d+)')
+
+
+def upload_private_file(session: MoodleSession, name: str, content: bytes) -> tuple[str, str]:
+    """`content` uploaded as the file picker does (repository_ajax.php) into the
+    session user's draft area: (its download URL, the node that took it). The
+    file lands in moodledata (filedir) and in Moodle's files table."""
+    page = session.get("/user/files.php")
+    repo, item, ctx = _UPLOAD_REPO.search(page.text), _DRAFT_ITEM.search(page.text), _USER_CONTEXT.search(page.text)
+    assert repo and item and ctx, f"no file manager on /user/files.php (served by {page.headers['X-Served-By']})"
+    up = session.http.post(f"{WWWROOT}/repository/repository_ajax.php?action=upload", timeout=60, data={
+        "sesskey": session.sesskey, "repo_id": repo.group(1), "itemid": item.group(1) or item.group(2),
+        "ctx_id": ctx.group(1), "savepath": "/", "title": name, "author": "rehearsal",
+        "license": "allrightsreserved"}, files={"repo_upload_file": (name, content, "text/plain")})
+    answer = up.json()
+    assert up.status_code == 200 and "url" in answer, answer
+    return str(answer["url"]), up.headers["X-Served-By"]

@@ -2,8 +2,9 @@
 provisioned platform (conftest.py's `platform`): requests are shared between
 web1 and web2, the answering node is named in a header, plain HTTP is sent to
 HTTPS, the web nodes themselves speak TLS, and a node that fails its health
-check (Moodle's /login/index.php, as in production) is taken out within the
-check window and comes back."""
+check (Moodle's /login/index.php behind web_health_path, as in production) is
+taken out within the check window and comes back, while nodes in Moodle's
+maintenance stay and show its page."""
 
 from __future__ import annotations
 
@@ -87,6 +88,26 @@ def test_a_failing_node_is_taken_out_and_back(platform: Platform) -> None:
     assert re.search(rf"Moodle   \S+ .*\(version \S+; pinned {re.escape(INV.core.version_text)}\)  OK", up.stdout), up.stdout
     assert f"Plugins  {len(INV.plugins)}/{len(INV.plugins)} at their pinned version" in up.stdout, up.stdout
     assert "login as admin OK" in up.stdout, up.stdout
+
+
+def test_in_maintenance_both_nodes_stay_and_show_moodles_page(platform: Platform) -> None:
+    """Moodle in CLI maintenance answers 503 everywhere; lb1 must keep the nodes
+    (users see Moodle's maintenance page, not haproxy's "no server") and take
+    them back into normal service as soon as it ends."""
+    cli = "sudo -u www-data php /srv/moodle/current/admin/cli/maintenance.php"
+    assert on("web1", f"{cli} --enable").returncode == 0
+    try:
+        time.sleep(6)       # more than the health check's fall window (2 x 2 s)
+        seen: Counter[str] = Counter()
+        for _ in range(8):
+            resp = requests.get(f"https://{LB.address}{PAGE}", verify=str(platform.ca), timeout=10)
+            moodles = resp.status_code == 503 and resp.headers.get("Retry-After") == "300"
+            seen[f"{'maintenance' if moodles else resp.status_code} {resp.headers.get('X-Served-By')}"] += 1
+        assert set(seen) == {"maintenance web1", "maintenance web2"}, seen
+    finally:
+        assert on("web1", f"{cli} --disable").returncode == 0
+    seen = _wait(platform.ca, {"200 web1", "200 web2"}, within=10)
+    assert set(seen) == {"200 web1", "200 web2"}, seen
 
 
 def _status(ca: Path) -> subprocess.CompletedProcess[str]:

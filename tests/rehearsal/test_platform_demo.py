@@ -13,20 +13,23 @@ changing nothing on any host, and --check --diff printing no secret
 
 from __future__ import annotations
 
-import re
 import time
 import uuid
-from pathlib import Path
 
 import requests
 
 from moodleops.platform.ansible import run_playbook
-from moodleops.webclient import MoodleSession, login
 
-from .rehearsal_run import INV, PLATFORM_PLAY, SPEC, Platform, on, secret
-
-LB = SPEC.host("lb1")
-WWWROOT = f"https://{LB.address}"
+from .rehearsal_run import (
+    INV,
+    PLATFORM_PLAY,
+    WWWROOT,
+    Platform,
+    admin_session,
+    on,
+    secret,
+    upload_private_file,
+)
 
 
 def test_platform_up_shows_the_platform_working(platform: Platform) -> None:
@@ -37,6 +40,10 @@ def test_platform_up_shows_the_platform_working(platform: Platform) -> None:
     # The versions, from web1's own Moodle (the toolkit's `platform probe` there, over SSH).
     assert "  Moodle   read on web1 over SSH (this machine is not a web node of 'rehearsal')" in lines
     assert f"  Plugins  {len(INV.plugins)}/{len(INV.plugins)} at their pinned version" in lines
+    # mon1's daemons listen on its loopback: asked there over SSH (its toolkit's `platform monitoring-probe`).
+    assert "  Monitor  read on mon1 over SSH (its daemons listen on its loopback)" in lines, platform.up[-3000:]
+    assert any(line.startswith("  Prometheus http://127.0.0.1:") and "job moodle_storage" in line
+               for line in lines), platform.up[-3000:]
     assert lines[-1].strip() == "Verdict  OK", platform.up[-3000:]
     # What it trusted is what lb1 serves (read over SSH), and nothing else.
     assert INV.settings.ca_bundle is not None
@@ -97,38 +104,14 @@ def test_each_node_has_its_own_release_and_current(platform: Platform) -> None:
         assert on(node, f"test -f {targets[node]}/version.php").returncode == 0, node
 
 
-UPLOAD_REPO = re.compile(r'"id":"(\d+)","name":"[^"]*","type":"upload"')
-DRAFT_ITEM = re.compile(r'name="files_filemanager"[^>]*value="(\d+)"|value="(\d+)"[^>]*name="files_filemanager"')
-USER_CONTEXT = re.compile(r'"contextid":(\d+)')
-
-
-def admin_session(ca: Path) -> MoodleSession:
-    http = requests.Session()
-    # Only lb1's certificate: no CA bundle from the environment may override it.
-    http.trust_env = False
-    http.verify = str(ca)
-    return login(WWWROOT, "admin", secret("admin_password"), http=http)
-
-
 def test_file_uploaded_through_one_node_downloads_through_the_other(
         platform: Platform) -> None:
-    ca = platform.ca
-    session = admin_session(ca)
-    page = session.get("/user/files.php")
-    repo, item, ctx = UPLOAD_REPO.search(page.text), DRAFT_ITEM.search(page.text), USER_CONTEXT.search(page.text)
-    assert repo and item and ctx, f"no file manager on /user/files.php (served by {page.headers['X-Served-By']})"
+    session = admin_session(platform.ca)
     content = f"rehearsal {uuid.uuid4()}\n".encode()
-    # The file picker's own upload (repository_ajax.php): the file lands in moodledata on the node that answers.
-    up = session.http.post(f"{WWWROOT}/repository/repository_ajax.php?action=upload", timeout=60, data={
-        "sesskey": session.sesskey, "repo_id": repo.group(1), "itemid": item.group(1) or item.group(2),
-        "ctx_id": ctx.group(1), "savepath": "/", "title": "demo.txt", "author": "rehearsal",
-        "license": "allrightsreserved"}, files={"repo_upload_file": ("demo.txt", content, "text/plain")})
-    answer = up.json()
-    assert up.status_code == 200 and "url" in answer, answer
-    uploaded_on = up.headers["X-Served-By"]
+    url, uploaded_on = upload_private_file(session, "demo.txt", content)
     # Round robin: within a few requests through lb1 the other node answers.
     for _ in range(6):
-        down = session.http.get(answer["url"], timeout=60)
+        down = session.http.get(url, timeout=60)
         if down.headers["X-Served-By"] != uploaded_on:
             break
     assert down.headers["X-Served-By"] != uploaded_on, "lb1 never sent the download to the other node"

@@ -7,6 +7,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -38,11 +39,14 @@ def refused(root: Path, key: str, value: object) -> str:
 
 
 def test_real_rehearsal() -> None:
-    spec = load_rehearsal(load_inventory("rehearsal"))
+    spec_inv = load_inventory("rehearsal")
+    spec = load_rehearsal(spec_inv)
     assert [h.name for h in spec.hosts] == ["lb1", "web1", "web2", "db1", "db2", "data1", "mon1", "gen1", "gen2"]
     assert all(h.container == "moodleops-rh-" + h.name for h in spec.hosts)
     assert spec.base_container == "moodleops-rh-base-bookworm"
     assert len(spec.base_key) == 16
+    # The backups' S3 (moto in the tests) is the operator's side of the bridge, nothing else.
+    assert urlsplit(str(spec_inv.vars["backup_s3_endpoint_url"])).hostname == spec.gateway
 
 
 def _host(name: str, address: str) -> Callable[[Any], None]:

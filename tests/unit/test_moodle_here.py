@@ -4,10 +4,14 @@ laptop) must refuse before anything, never act on the local site instead."""
 
 from __future__ import annotations
 
+import shutil
 import socket
+from pathlib import Path
 
 import pytest
+import yaml
 
+from moodleops import REPO_ROOT
 from moodleops.cli import main
 from moodleops.inventory import load_inventory
 from moodleops.inventory.addresses import is_this_machine
@@ -39,7 +43,6 @@ def test_only_the_local_inventory_has_its_moodle_here() -> None:
      "--journal-copy", "-"],
     ["incident", "recover", "--apply"],
     ["platform", "maintenance", "on"],
-    ["backup", "run"],
     ["backup", "export", "--export-id", "x1", "--school", "ifsi_millau"],
 ])
 def test_a_command_for_another_sites_moodle_refuses_with_one_line(
@@ -54,7 +57,39 @@ def test_a_restore_onto_another_sites_moodle_refuses(capsys: pytest.CaptureFixtu
     rc = main(["-i", "local", "backup", "restore", "--manifest", "latest", "--target-inventory", "rehearsal",
                "--confirm"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2 and len(err) == 1 and "inventory 'rehearsal': Moodle is not on this machine" in err[0], err
+    assert rc == 2 and len(err) == 1, err
+    assert "--target-inventory rehearsal: its Moodle is not on this machine" in err[0], err
+
+
+@pytest.mark.parametrize("env, runner", [("rehearsal", "manual"), ("production", "systemd")])
+def test_a_backup_for_another_sites_moodle_goes_to_its_job_host(env: str, runner: str) -> None:
+    from moodleops.backup.job_host import job_host
+    from moodleops.platform.ansible_view import role_vars
+
+    inv = load_inventory(env)
+    jh = job_host(inv)
+    # The first web node, through the launcher with the jobs' environment, reading the
+    # toolkit's copy of the inventory there (not this checkout's path).
+    assert jh.host == inv.group("web")[0] and jh.host.name.startswith("web1")
+    assert jh.launcher == "/usr/local/lib/moodleops/backup-jobs"
+    assert jh.inventory == f"/opt/moodleops/inventory/{env}"
+    v = role_vars(inv, "backup_schedule", "web", ("backup_schedule_runner", "backup_schedule_moodleops"))
+    assert v == {"backup_schedule_runner": runner, "backup_schedule_moodleops": "/usr/local/sbin/moodleops"}
+
+
+def test_a_backup_whose_job_host_has_nothing_installed_refuses(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    root = tmp_path
+    for f in (REPO_ROOT / "inventory").glob("*.yml"):
+        shutil.copy(f, root / f.name)
+    shutil.copytree(REPO_ROOT / "inventory/rehearsal", root / "rehearsal")
+    gv = root / "rehearsal/group_vars/all.yml"
+    data = yaml.safe_load(gv.read_text())
+    data["backup_schedule_runner"] = "none"
+    gv.write_text(yaml.safe_dump(data))
+    rc = main(["-i", str(root / "rehearsal"), "backup", "run"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and "backup_schedule_runner is none, so nothing is installed on the job host web1" in err[-1], err
 
 
 def test_measurements_read_the_replica_and_an_incident_the_primary(monkeypatch: pytest.MonkeyPatch) -> None:
