@@ -122,7 +122,10 @@ def run_moodleops(inv: Inventory, host: Host, *args: str, timeout_s: float, capt
     except subprocess.TimeoutExpired:
         raise TimeoutError(f"`{what}` gave no answer within {timeout_s:g} s") from None
     if status == 255:
-        raise ssh_fault(host.ssh_address, err or "ssh exited 255", done="nothing was run there")
+        # A long command (streamed) may have lost its connection half-way: it may still run there.
+        done = "nothing was run there" if capture else \
+            f"if `{what}` had started there it may still run (it holds its lock): a re-run resumes or refuses"
+        raise ssh_fault(host.ssh_address, err or "ssh exited 255", done=done)
     if status != 0:
         why = oneline(err or out or "").removeprefix("moodleops: error: ")[-300:]
         raise RemoteCommandFailed(f"`{what}` there: {why or f'exit {status}'}", status)
