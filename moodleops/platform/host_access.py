@@ -135,11 +135,13 @@ def run_moodleops(inv: Inventory, host: Host, *args: str, timeout_s: float, capt
 def _streamed(argv: list[str], timeout_s: float) -> tuple[int, str]:
     """Runs `argv` with its stdout on ours and its stderr (progress) passed on
     line by line, except the command's own `moodleops: ...` lines and SSH's
-    last words, which are kept for the caller's one line. (status, kept)."""
+    last words: kept for the caller's one line when it fails, passed on at the
+    end when it succeeds. (status, kept)."""
     import threading
     from collections import deque
 
     kept: deque[str] = deque(maxlen=5)
+    held: list[str] = []
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=sys.stdout, stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None
     stream = proc.stderr
@@ -147,7 +149,9 @@ def _streamed(argv: list[str], timeout_s: float) -> tuple[int, str]:
     def relay() -> None:
         for line in stream:
             kept.append(line)
-            if not line.startswith(("moodleops:", "ssh:")):
+            if line.startswith(("moodleops:", "ssh:")):
+                held.append(line)
+            else:
                 print(line, end="", file=sys.stderr, flush=True)
 
     reader = threading.Thread(target=relay, daemon=True)
@@ -160,6 +164,9 @@ def _streamed(argv: list[str], timeout_s: float) -> tuple[int, str]:
         raise
     finally:
         reader.join(timeout=5)
+    if status == 0:
+        print("".join(held), end="", file=sys.stderr)
+        return status, ""
     last = [ln for ln in kept if ln.startswith(("moodleops:", "ssh:"))] or list(kept)[-1:]
     return status, "".join(last)
 

@@ -61,3 +61,18 @@ def test_a_rehearsal_load_generator_is_reached_as_ansible_and_runs_the_toolkits_
     assert w.user == "moodleops" and w.known_hosts.endswith("known_hosts") and w.identity
     assert any(a == f"UserKnownHostsFile={w.known_hosts}" for a in w.ssh)
     assert w.python == "/opt/moodleops/venv/bin/python"
+
+
+def test_a_streamed_command_passes_its_progress_on_and_keeps_its_own_lines_for_a_failure(
+        capfd: pytest.CaptureFixture[str]) -> None:
+    from moodleops.platform.host_access import _streamed
+
+    script = "echo report; echo 'progress 50%' >&2; echo 'moodleops: mirror: a note' >&2; exit {}"
+    assert _streamed(["sh", "-c", script.format(0)], 10) == (0, "")
+    out, err = capfd.readouterr()
+    # Success: everything reaches the operator, the command's own lines after its progress.
+    assert out == "report\n" and err == "progress 50%\nmoodleops: mirror: a note\n", (out, err)
+    assert _streamed(["sh", "-c", script.format(3)], 10) == (3, "moodleops: mirror: a note\n")
+    out, err = capfd.readouterr()
+    # Failure: the progress as it came; the command's own line is the caller's to report, once.
+    assert out == "report\n" and err == "progress 50%\n", (out, err)
