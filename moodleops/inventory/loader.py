@@ -72,6 +72,9 @@ HTTPS_URL = re.compile(r"^https://\S+$")
 SECRET_NAME = re.compile(r"^[a-z][a-z0-9_]*/[a-z0-9_]+$")
 # Moodle's version.php may say a dependency accepts any version.
 ANY_VERSION = "ANY_VERSION"
+# Names another moodle.yml to use instead of the inventory's (validated the
+# same way): the start point of an upgrade rehearsal, a one-off trial of pins.
+PINS_ENV = "MOODLEOPS_PINS"
 
 
 def load_inventory(env: str = "local", root: Path | None = None) -> Inventory:
@@ -84,7 +87,8 @@ def load_inventory(env: str = "local", root: Path | None = None) -> Inventory:
     root, env_dir = _resolve_env(env, root)
     platform = _read_platform(root / "platform.yml")
     schools = _read_schools(root / "schools.yml", platform)
-    core, plugins = _read_moodle(root / "moodle.yml")
+    core, plugins = _read_moodle(Path(os.environ[PINS_ENV]).resolve() if os.environ.get(PINS_ENV)
+                                 else root / "moodle.yml")
     hosts = _read_hosts(env_dir / "hosts.yml")
     raw = _read_vars(env_dir)
     settings = read_settings(display_path(env_dir / "group_vars" / "all.yml"), env_dir, raw)

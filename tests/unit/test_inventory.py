@@ -38,6 +38,7 @@ MISSING = "<missing>"   # how the loader shows a key that is absent
 def _no_env_default(monkeypatch: pytest.MonkeyPatch) -> None:
     # The CLI reads its default environment from here; tests must not depend on the caller's shell.
     monkeypatch.delenv("MOODLEOPS_INVENTORY", raising=False)
+    monkeypatch.delenv("MOODLEOPS_PINS", raising=False)
 
 
 @pytest.fixture
@@ -353,6 +354,25 @@ def test_moodle_rules(root: Path, change: Callable[[Any], None], key: str, value
     edit(root, "moodle.yml", change)
     err = rejected(root, "moodle.yml", key, value)
     assert allowed in err.allowed
+
+
+def test_pins_from_another_file_are_validated_the_same(root: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """MOODLEOPS_PINS names the moodle.yml to use (an upgrade rehearsal's start point)."""
+    other = tmp_path / "start.yml"
+    data = yaml.safe_load((root / "moodle.yml").read_text(encoding="utf-8"))
+    data["plugins"][CHOICEGROUP]["version"] = "2020010100"
+    other.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    monkeypatch.setenv("MOODLEOPS_PINS", str(other))
+    assert load_inventory("local", root=root).plugins[CHOICEGROUP].version == Decimal(2020010100)
+    data["plugins"][CHOICEGROUP]["version"] = "20231109"
+    other.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    with pytest.raises(InventoryError) as info:
+        load_inventory("local", root=root)
+    assert info.value.file.endswith("start.yml") and info.value.key == f"plugins[{CHOICEGROUP}].version"
+    monkeypatch.setenv("MOODLEOPS_PINS", str(tmp_path / "absent.yml"))
+    with pytest.raises(InventoryError, match="absent.yml"):
+        load_inventory("local", root=root)
 
 
 def test_duplicate_plugin(root: Path) -> None:
