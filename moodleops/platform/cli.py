@@ -15,6 +15,7 @@ from moodleops.platform.guard import PlatformHeld, platform_operation
 from moodleops.platform.health import check_health, moodle_probe
 from moodleops.platform.lock import PlatformLockBusy, PlatformLockError
 from moodleops.platform.monitoring_health import MonitoringEndpoints, check_monitoring
+from moodleops.platform.node_lock import NodeLockRefused, hold_here, operation_lock
 from moodleops.platform.secrets import ensure_local_secrets
 from moodleops.site import site_of
 
@@ -128,9 +129,10 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
     started = time.monotonic()
     if args.apply:
         try:
-            with platform_operation(site_of(inv), inv.env, "platform upgrade"):
+            # From an operator's machine the lock is held on the first web node (node_lock.py).
+            with operation_lock(inv, "platform upgrade"):
                 result = run_playbook(inv, "upgrade.yml", extra)
-        except (PlatformHeld, PlatformLockBusy, PlatformLockError) as exc:
+        except (PlatformHeld, PlatformLockBusy, PlatformLockError, NodeLockRefused) as exc:
             print(f"moodleops: error: {' '.join(str(exc).split())}", file=sys.stderr)
             return 1
     else:
@@ -145,6 +147,14 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
         return 1
     print(f"upgrade {'done' if args.apply else 'dry run done'} in {took:.0f} s")
     return cmd_status(args) if args.apply else 0
+
+
+def cmd_hold_lock(args: argparse.Namespace) -> int:
+    try:
+        return hold_here(args.inventory, args.what)
+    except (PlatformHeld, PlatformLockBusy, PlatformLockError) as exc:
+        print(f"moodleops: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 1
 
 
 def cmd_maintenance(args: argparse.Namespace) -> int:
@@ -221,6 +231,16 @@ def register(areas: argparse._SubParsersAction) -> None:
     mprobe.add_argument("--exporter", required=True, metavar="URL", help="the storage exporter, http://host:port")
     mprobe.add_argument("--prometheus", required=True, metavar="URL", help="Prometheus, http://host:port")
     mprobe.set_defaults(run=cmd_monitoring_probe)
+    hold = add_command(
+        commands, "hold-lock", summary="hold the platform lock on this web node until stdin ends (for `upgrade`)",
+        description="Take the platform lock here (refused while it is held or a platform incident is open), "
+                    "print 'held', and keep it until standard input ends. `platform upgrade` run from a machine "
+                    "the database does not admit holds the lock this way on the first web node over SSH: the "
+                    "lock ends with the connection, so a killed or disconnected operator never leaves it behind.",
+        epilog="exit status:\n  0  held, then released\n  1  busy, an incident holds the platform, or no database\n"
+               "  2  this machine is not a web node of the inventory\n")
+    hold.add_argument("--what", required=True, help="what the lock is held for (shown to anyone it refuses)")
+    hold.set_defaults(run=cmd_hold_lock)
     upgrade = add_command(
         commands, "upgrade", summary="patch to the pins: pre-flight, backup, maintenance, switch, rollback",
         description="Move the platform to the versions pinned in inventory/moodle.yml (a 4.1.x point release "
