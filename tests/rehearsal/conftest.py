@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 from moodleops.loadtests.fixture import new_prefix
+from older_release import both_mirrors, older_pins
 
 from moodleops.platform.ansible import run_playbook
 
@@ -26,19 +28,39 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     here = Path(__file__).parent
     slots = [n for n, item in enumerate(items) if here in Path(item.path).parents]
     # A module that leaves the platform damaged (RUNS_LAST: a web node lost) comes last.
+    # The rolling upgrade (RUNS_FIRST) takes the platform from its older start point to the pins.
     ordered = sorted((items[n] for n in slots), key=lambda item: (
-        "platform" in getattr(item, "fixturenames", ()), bool(getattr(getattr(item, "module", None), "RUNS_LAST", False))))
+        "platform" in getattr(item, "fixturenames", ()), not _module_says(item, "RUNS_FIRST"),
+        _module_says(item, "RUNS_LAST")))
     for n, item in zip(slots, ordered, strict=True):
         items[n] = item
 
 
+def _module_says(item: pytest.Item, flag: str) -> bool:
+    return bool(getattr(getattr(item, "module", None), flag, False))
+
+
+def _start_point(session: pytest.Session, tmp: Path) -> dict[str, str]:
+    """With the rolling upgrade among the tests, the platform is installed at
+    the older releases (MOODLEOPS_PINS, and a mirror holding both sets)."""
+    if not any(_module_says(item, "RUNS_FIRST") for item in session.items):
+        return {}
+    pins = tmp / "start.yml"
+    pins.write_text(yaml.safe_dump(older_pins(yaml.safe_load((INV.root / "moodle.yml").read_text())),
+                                   sort_keys=False), encoding="utf-8")
+    return {"MOODLEOPS_PINS": str(pins), "MOODLEOPS_ARTIFACTS": str(both_mirrors(tmp / "mirror"))}
+
+
 @pytest.fixture(scope="package")
-def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+def platform(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+    tmp = tmp_path_factory.mktemp("start-point")
+    (tmp / "mirror").mkdir()
+    start = _start_point(request.session, tmp)
     with rehearsal_up():
-        up = moodleops("-i", INV.env, "platform", "up")
+        up = moodleops("-i", INV.env, "platform", "up", env=start)
         assert up.returncode == 0, (up.stdout + up.stderr)[-6000:]
-        second = run_playbook(INV, "site.yml", PLATFORM_PLAY, echo=False)
-        yield Platform(second, lb1_certificate(tmp_path_factory), up.stdout)
+        second = run_playbook(INV, "site.yml", PLATFORM_PLAY, echo=False, env=start)
+        yield Platform(second, lb1_certificate(tmp_path_factory), up.stdout, start)
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ class Platform:
     second: PlaybookResult
     ca: Path            # lb1's certificate, the only one to trust
     up: str             # what `moodleops -i rehearsal platform up` printed
+    start: dict[str, str]   # its environment: the older start point (MOODLEOPS_PINS, MOODLEOPS_ARTIFACTS) or none
 
 
 def moodleops(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

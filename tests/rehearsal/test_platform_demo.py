@@ -120,14 +120,16 @@ def test_file_uploaded_through_one_node_downloads_through_the_other(
 
 def test_check_diff_prints_no_secret(platform: Platform) -> None:
     # config.php drifted on web2: check mode must show the change without its content (the DB password).
+    # Only web2 is checked: on the other hosts nothing drifted, so check mode would print no diff there
+    # (the second run shows they are converged), at two thirds of CI's time for this test.
     path = on("web2", "readlink -f /srv/moodle/current/config.php").stdout.strip()
     assert on("web2", f"sudo cp -p {path} {path}.keep && echo '// drift' | sudo tee -a {path}").returncode == 0
     try:
-        check = run_playbook(INV, "site.yml", [*PLATFORM_PLAY, "--check", "--diff"], echo=False)
+        check = run_playbook(INV, "site.yml", [*PLATFORM_PLAY, "--check", "--diff", "--limit", "web2"], echo=False)
     finally:
         on("web2", f"sudo mv {path}.keep {path}")
     assert check.ok, "\n".join(check.output[-80:])
-    assert check.changed.get("web2", 0) >= 1, check.changed
+    assert set(check.changed) == {"web2"} and check.changed["web2"] >= 1, check.changed
     text = "\n".join(check.output)
     leaked = [name for name in ("admin_password", "db_password", "db_ro_password", "db_replication_password") if secret(name) in text]
     assert not leaked, f"--check --diff printed {leaked}"

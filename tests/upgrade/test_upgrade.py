@@ -23,6 +23,7 @@ import pytest
 import requests
 import yaml
 from beside_stack import SHARED, Beside, psql, remove, write_inventory
+from older_release import both_mirrors, older_pins
 
 from moodleops import REPO_ROOT
 from moodleops.cli import main
@@ -88,22 +89,11 @@ class Rehearsal:
 @pytest.fixture(scope="module")
 def rehearsal(tmp_path_factory: pytest.TempPathFactory, provisioned: object) -> Iterator[Rehearsal]:
     root = tmp_path_factory.mktemp("rehearsal-inventory")
-    mirror = tmp_path_factory.mktemp("rehearsal-mirror")
-    for src in [*SHARED.glob("*.zip"), *SHARED.glob("*.tgz"), *(SHARED / "older").glob("*.zip"),
-                *(SHARED / "older").glob("*.tgz")]:
-        (mirror / src.name).symlink_to(src)
+    mirror = both_mirrors(tmp_path_factory.mktemp("rehearsal-mirror"))
     env = write_inventory(STACK, root, mirror)
     r = Rehearsal(root=root, env=env, mirror=mirror)
-
     # Start point: Moodle 4.1.0 with the older plugin releases where there are some.
-    pins = r.pins()
-    core = SHARED / "older/moodle-4.1.0.tgz"
-    pins["core"].update(version="2022112800.00", release="4.1 (Build: 20221128)", file=core.name, sha256=_sha(core))
-    r.set_plugin(pins, "mod_hotpot", SHARED / "older/mod_hotpot-2024021051.zip", "2024021051")
-    r.set_plugin(pins, "format_onetopic", SHARED / "older/format_onetopic-4.1.10.zip", "2022081610")
-    r.set_plugin(pins, "block_completion_progress", SHARED / "older/block_completion_progress-2023110100.zip",
-                 "2023110100")
-    r.set_pins(pins)
+    r.set_pins(older_pins(r.pins()))
 
     mp = pytest.MonkeyPatch()
     mp.setenv("MOODLEOPS_ARTIFACTS", str(mirror))
