@@ -48,14 +48,13 @@ def _start_point(session: pytest.Session, tmp: Path) -> dict[str, str]:
     pins = tmp / "start.yml"
     pins.write_text(yaml.safe_dump(older_pins(yaml.safe_load((INV.root / "moodle.yml").read_text())),
                                    sort_keys=False), encoding="utf-8")
+    (tmp / "mirror").mkdir()
     return {"MOODLEOPS_PINS": str(pins), "MOODLEOPS_ARTIFACTS": str(both_mirrors(tmp / "mirror"))}
 
 
 @pytest.fixture(scope="package")
 def platform(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
-    tmp = tmp_path_factory.mktemp("start-point")
-    (tmp / "mirror").mkdir()
-    start = _start_point(request.session, tmp)
+    start = _start_point(request.session, tmp_path_factory.mktemp("start-point"))
     with rehearsal_up():
         up = moodleops("-i", INV.env, "platform", "up", env=start)
         assert up.returncode == 0, (up.stdout + up.stderr)[-6000:]
