@@ -38,7 +38,11 @@ def run_playbook(inv: Inventory, playbook: str, extra_args: Sequence[str] = (), 
                  echo: bool = True, env: dict[str, str] | None = None) -> PlaybookResult:
     """Run playbooks/<playbook> against the inventory's hosts.yml."""
     binary = Path(sys.executable).with_name("ansible-playbook")
-    argv = [str(binary), "-i", str(inv.env_dir / "hosts.yml"), str(REPO_ROOT / "playbooks" / playbook),
+    # Killed when this process dies (util-linux's setpriv sets the parent-death
+    # signal, then execs): the platform lock is this process's - its database
+    # session, or its SSH connection to the node holding it - and a play must
+    # not run on without it.
+    argv = ["setpriv", "--pdeathsig", "KILL", "--", str(binary), "-i", str(inv.env_dir / "hosts.yml"), str(REPO_ROOT / "playbooks" / playbook),
             *extra_args]
     run_env = {**os.environ, "ANSIBLE_CONFIG": str(REPO_ROOT / "ansible.cfg"), "ANSIBLE_FORCE_COLOR": "0",
                **(env or {})}

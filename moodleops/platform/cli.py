@@ -110,12 +110,15 @@ def _play_verdict(output: list[str]) -> str | None:
 
 def cmd_upgrade(args: argparse.Namespace) -> int:
     if args.delay < 0 or args.delay > 1440:
-        print(f"moodleops: error: --delay {args.delay} is not valid (allowed: 0 to 1440 minutes)")
+        print(f"moodleops: error: --delay {args.delay} is not valid (allowed: 0 to 1440 minutes)", file=sys.stderr)
+        return 2
+    if args.recover and (args.delay or args.message):
+        print("moodleops: error: --recover finishes an interrupted run as it was: --delay and --message do not apply", file=sys.stderr)
         return 2
     inv = load_inventory(args.inventory)
-    if not _mirror_ready(inv):
+    if not args.recover and not _mirror_ready(inv):
         return 1
-    extra_vars: dict[str, object] = {}
+    extra_vars: dict[str, object] = {"moodle_upgrade_recover": True} if args.recover else {}
     if args.operator:
         extra_vars["moodle_upgrade_operator"] = args.operator
     if args.delay:
@@ -124,13 +127,14 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
         extra_vars["moodle_upgrade_maintenance_message"] = args.message
     extra = ["-e", json.dumps(extra_vars)] if extra_vars else []
     if not args.apply:
-        print("dry run: pre-flight and what would change (add --apply to upgrade)")
+        print("dry run: " + ("what the recovery would do (add --apply to recover)" if args.recover
+                             else "pre-flight and what would change (add --apply to upgrade)"))
         extra.append("--check")
     started = time.monotonic()
     if args.apply:
         try:
             # From an operator's machine the lock is held on the first web node (node_lock.py).
-            with operation_lock(inv, "platform upgrade"):
+            with operation_lock(inv, "platform upgrade" + (" --recover" if args.recover else "")):
                 result = run_playbook(inv, "upgrade.yml", extra)
         except (PlatformHeld, PlatformLockBusy, PlatformLockError, NodeLockRefused) as exc:
             print(f"moodleops: error: {' '.join(str(exc).split())}", file=sys.stderr)
@@ -139,6 +143,8 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
         result = run_playbook(inv, "upgrade.yml", extra)
     _raise_unreachable(result, inv)
     took = time.monotonic() - started
+    if args.recover:
+        return _recovery_verdict(result, args.apply, took)
     if not result.ok:
         verdict = _play_verdict(result.output)
         print(f"moodleops: error: upgrade failed after {took:.0f} s: "
@@ -147,6 +153,29 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
         return 1
     print(f"upgrade {'done' if args.apply else 'dry run done'} in {took:.0f} s")
     return cmd_status(args) if args.apply else 0
+
+
+def _recovery_verdict(result: PlaybookResult, applied: bool, took: float) -> int:
+    if not result.ok:
+        print(f"moodleops: error: recovery not done after {took:.0f} s: "
+              + (_play_verdict(result.output) or "the output above says which task; the intent record is kept"))
+        return 1
+    said = _play_said(result.output)
+    print(f"recovery {'done' if applied else 'dry run done'} in {took:.0f} s" + (f": {said}" if said else ""))
+    return 0
+
+
+def _play_said(output: list[str]) -> str | None:
+    """The last UPGRADE message a debug task printed (`"msg": "UPGRADE ..."`)."""
+    for line in reversed(output):
+        text = line.strip()
+        if not text.startswith('"msg": "UPGRADE'):
+            continue
+        try:
+            return " ".join(str(json.loads("{" + text + "}")["msg"]).split())
+        except ValueError:
+            continue
+    return None
 
 
 def cmd_hold_lock(args: argparse.Namespace) -> int:
@@ -259,10 +288,14 @@ def register(areas: argparse._SubParsersAction) -> None:
                     "in by rename (if that restore fails the live database is kept, nothing is dropped, and the "
                     "message says so); maintenance and the cron pause stay ON. Every run is appended to the upgrade log "
                     "(moodle_upgrade_log, default /var/lib/moodleops/upgrades.jsonl).\n"
+                    "A run that is killed (its controller lost) leaves its intent record (moodle_upgrade_intent): "
+                    "the next upgrade is refused until `--recover --apply` gives the site back (stopped before the "
+                    "code switch) or rolls back (from the switch on) from it.\n"
                     "Without --apply this is a dry run.",
         epilog="examples:\n  moodleops platform upgrade                 # what would change\n"
                "  moodleops platform upgrade --apply --delay 10 --operator jdupont\n"
-               "exit status:\n  0  upgraded (or dry run clean)\n  1  refused or failed (rolled back if it "
+               "  moodleops platform upgrade --recover --apply   # after a run was killed\n"
+               "exit status:\n  0  upgraded, or recovered (or dry run clean)\n  1  refused or failed (rolled back if it "
                "had started)\n  2  invalid inventory\n  4  a host could not be reached over SSH: nothing "
                "was changed on it\n")
     upgrade.add_argument("--apply", action="store_true", help="really upgrade (default: dry run)")
@@ -271,6 +304,9 @@ def register(areas: argparse._SubParsersAction) -> None:
     upgrade.add_argument("--message", help="what users see while maintenance is on (default: "
                          "moodle_upgrade_maintenance_message); set before the --delay announcement")
     upgrade.add_argument("--operator", help="name recorded in the upgrade log (default: $SUDO_USER/$USER)")
+    upgrade.add_argument("--recover", action="store_true",
+                         help="finish a run that was killed, from its intent record: give back (stopped before the "
+                              "code switch) or roll back (from the switch on); dry run without --apply")
     upgrade.set_defaults(run=cmd_upgrade)
     maint = add_command(
         commands, "maintenance", summary="turn CLI maintenance on (with a message) or off (and resume cron)",

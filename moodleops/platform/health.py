@@ -17,6 +17,7 @@ from moodleops.platform.ansible_view import AnsibleViewError
 from moodleops.platform.host_access import PyinfraHostError, RemoteCommandFailed, run_moodleops
 from moodleops.platform.monitoring_health import check_monitoring, endpoints
 from moodleops.platform.nodes import probe_web_nodes
+from moodleops.platform.upgrade_intent import interrupted_line, interrupted_upgrade
 from moodleops.site import Site, SiteError
 from moodleops.webclient import LoginFailed, login, trusting
 
@@ -49,6 +50,9 @@ def check_health(inv: Inventory, site: Site) -> Health:
     _check_nodes(inv, site, h)
     # Moodle's CLI here would be another Moodle (or none): never read the wrong
     # site. Elsewhere the first web node's own toolkit asks its Moodle, over SSH.
+    if site.moodle_here and (run := interrupted_upgrade(site.state_dir)):
+        # Said even when Moodle cannot answer (a run killed half-way leaves it so).
+        h.problems.append(interrupted_line(run))
     probe = _local_probe(inv, site, h) if site.moodle_here else _remote_probe(inv, h)
     if probe is not None and not _check_moodle(inv, probe, h):
         return h        # not installed: there is no login to try
@@ -60,8 +64,11 @@ def check_health(inv: Inventory, site: Site) -> Health:
 
 
 def moodle_probe(inv: Inventory, site: Site) -> dict[str, Any]:
-    """What this node's Moodle says (`platform probe`, read over SSH elsewhere)."""
-    return MoodleCLI(site).probe(*(s for p in inv.plugins for s in p.secrets))
+    """What this node's Moodle says (`platform probe`, read over SSH elsewhere),
+    and whether an upgrade run was killed here (its intent record is left)."""
+    answer = MoodleCLI(site).probe(*(s for p in inv.plugins for s in p.secrets))
+    answer["upgrade_interrupted"] = interrupted_upgrade(site.state_dir)
+    return answer
 
 
 def _local_probe(inv: Inventory, site: Site, h: Health) -> dict[str, Any] | None:
@@ -137,6 +144,8 @@ def _check_moodle(inv: Inventory, probe: dict[str, Any], h: Health) -> bool:
                                                      if override is True else ""))
     if probe.get("needs_upgrade"):
         h.problems.append("Moodle reports a pending upgrade")
+    if probe.get("upgrade_interrupted") and (line := interrupted_line(probe["upgrade_interrupted"])) not in h.problems:
+        h.problems.append(line)
 
     installed = probe.get("plugins", {})
     settings_set: dict[str, bool] = probe.get("settings_set", {})

@@ -2,9 +2,9 @@
 web nodes, from the older releases of ../shared/artifacts/older the platform
 was installed at (conftest.py's start point), while a bounded probe asks lb1
 for the login page four times a second: a plugin (its database steps run),
-then a core upgrade that fails on web2 after web1 switched (an injected
-fault: both nodes end on the old release, the database restored, maintenance
-on), then the core upgrade. Every answer is Moodle's maintenance page or a
+then a core upgrade that fails on web2 after web1 switched, and one whose
+run-once step fails after upgrade.php (injected faults: both nodes end on the
+old release, the database restored, maintenance on), then the core upgrade. Every answer is Moodle's maintenance page or a
 correct page, never a 5xx or a blank page; the run log on web1 gives the
 downtime, which the probe measures too. The platform lock is taken on web1
 for the operator's side: a second upgrade started meanwhile is refused.
@@ -168,11 +168,18 @@ def test_1_plugin_upgrade_node_by_node_serves_only_pages_or_maintenance(
           f"{probe.downtime_s():.1f} s seen through lb1; whole run {run['duration_s']} s; answers {dict(seen)}")
 
 
-def test_2_a_failure_on_web2_after_web1_switched_leaves_both_on_the_old_release(
-        platform: Platform, start: dict[str, str]) -> None:
+@pytest.mark.parametrize("fault, error", [
+    # web2's switch fails once web1 has switched and reloaded;
+    ("upgrade-switch:web2", "code switch failed on web2"),
+    # a run-once step fails after upgrade.php on web1 (as a check would): only
+    # web1 enters the rescue, and web2 must be rolled back all the same.
+    ("upgrade-after-switch", "a run-once step failed after upgrade.php"),
+])
+def test_2_a_failure_after_web1_switched_leaves_both_on_the_old_release(
+        platform: Platform, start: dict[str, str], fault: str, error: str) -> None:
     before, core = _current(), _version()
-    # The pins (4.1.11); web2's switch fails once web1 has switched and reloaded.
-    env = {"MOODLEOPS_ARTIFACTS": start["MOODLEOPS_ARTIFACTS"], "MOODLEOPS_FAULT": "upgrade-switch:web2"}
+    # The pins (4.1.11), with the fault.
+    env = {"MOODLEOPS_ARTIFACTS": start["MOODLEOPS_ARTIFACTS"], "MOODLEOPS_FAULT": fault}
     with Probe(platform.ca) as probe:
         failed = moodleops(*UPGRADE, env=env)
         time.sleep(12)      # the maintenance flag reaching both nodes through the network filesystem
@@ -183,7 +190,7 @@ def test_2_a_failure_on_web2_after_web1_switched_leaves_both_on_the_old_release(
     run = _runs()[-1]
     assert run["outcome"] == "rolled-back", run
     assert run["rollback"]["database"] == "restored" and run["rollback"]["nodes_on_new_code"] == [], run
-    assert "code switch failed on web2" in run["error"], run["error"]
+    assert error in run["error"], run["error"]
     assert not probe.bad(), probe.seen()
     last = {kind for _, kind in probe.answers[-8:]}
     assert last == {"maintenance web1", "maintenance web2"}, probe.seen()

@@ -168,3 +168,11 @@ def test_help_prints_the_table(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     for status, text in EXIT_TABLE:
         assert f"  {int(status):<3} {text.split()[0]}" in out
+
+
+def test_upgrade_recover_refuses_options_of_a_new_run(capsys: pytest.CaptureFixture[str]) -> None:
+    # Checked before the inventory is read: the recovery finishes the killed run as it was.
+    assert main(["--inventory", "local", "platform", "upgrade", "--recover", "--message", "x"]) == 2
+    assert "--recover finishes an interrupted run as it was" in capsys.readouterr().err
+    assert main(["--inventory", "local", "platform", "upgrade", "--delay", "1441"]) == 2
+    assert "--delay 1441 is not valid" in capsys.readouterr().err

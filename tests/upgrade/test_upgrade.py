@@ -3,7 +3,8 @@
 older 4.1.0 core and older plugins from ../shared/artifacts/older, then a
 plugin upgrade, a core point upgrade with every plugin in place, a refused
 downgrade, a plugin step that changes a table and data then fails (rolled
-back), a cron pause that times out (site given back), and a rollback whose
+back), an upgrade killed during its plugin step (recovered from its intent
+record), a cron pause that times out (site given back), and a rollback whose
 restore finds no room (live database kept, said so). Tests run in order."""
 
 from __future__ import annotations
@@ -11,8 +12,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import subprocess
+import sys
 import threading
+import time
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -287,6 +291,112 @@ def test_4_failed_upgrade_rolls_back_schema_and_data(rehearsal: Rehearsal,
     assert login(site.wwwroot, "admin", site.secret("admin_password")).is_logged_in()
 
 
+# A plugin upgrade step that changes a core table's schema and a course's
+# data, then takes its time: the upgrade is killed while it runs.
+CHANGES_SLOWLY = """<?php
+function xmldb_local_bulkenrol_upgrade($oldversion) {
+    global $DB;
+    $DB->get_manager()->add_field(new xmldb_table('course'),
+        new xmldb_field('moodleopsslow', XMLDB_TYPE_INTEGER, '10', null, null, null, '0'));
+    $DB->set_field('course', 'fullname', 'changed by a killed upgrade', ['shortname' => 'upg-rehearsal']);
+    sleep(45);
+    upgrade_plugin_savepoint(true, """ + BROKEN_VERSION + """, 'local', 'bulkenrol');
+    return true;
+}
+"""
+INTENT = STATE / "upgrade-intent.json"
+
+
+def _running(pattern: str) -> list[str]:
+    got = subprocess.run(["pgrep", "-a", "-f", pattern], capture_output=True, text=True, check=False)
+    return got.stdout.splitlines()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def _until(what: str, ok: object, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not ok():       # type: ignore[operator]
+        assert time.monotonic() < deadline, f"{what}: not within {timeout:g} s"
+        time.sleep(0.5)
+
+
+def test_4b_killed_upgrade_is_refused_then_recovered_exactly(rehearsal: Rehearsal,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """The operator's process killed (SIGKILL) while Moodle's upgrade step runs,
+    after the code switch: the play dies with it (none runs on without the
+    lock), the intent record stays, no run-log line; the next upgrade is
+    refused; the recovery refuses while the orphaned upgrade.php still runs,
+    then rolls back: previous code, the dump's schema and data, maintenance on."""
+    before = rehearsal.data("read")
+    link_before = os.readlink(BASE / "current")
+    runs_before = len(rehearsal.runs())
+    _pin_broken(rehearsal, CHANGES_SLOWLY, "changes-slowly")
+    cli = subprocess.Popen([sys.executable, "-m", "moodleops.cli", "--inventory", str(rehearsal.env), "platform",
+                            "upgrade", "--apply", "--operator", "pytest"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        _until("the plugin step's schema change",
+               lambda: cli.poll() is not None or _has_column("mdl_course", "moodleopsslow"), 600)
+        assert cli.poll() is None, f"the upgrade ended (exit {cli.returncode}) before its slow step"
+        play = [int(pid) for pid in subprocess.run(["pgrep", "-P", str(cli.pid)], capture_output=True,
+                                                   text=True, check=False).stdout.split()]
+        assert len(play) == 1, play
+        cli.send_signal(signal.SIGKILL)        # the CLI only, as the OOM killer or `kill -9` would
+        cli.wait(timeout=30)
+        # ansible-playbook itself (what starts the next task) dies with it; its
+        # worker waits for the task under way, upgrade.php, which runs on.
+        _until("ansible-playbook dies with the CLI", lambda: not _alive(play[0]), 20)
+    finally:
+        if cli.poll() is None:
+            os.killpg(cli.pid, signal.SIGKILL)
+    intent = json.loads(INTENT.read_text())
+    assert intent["phase"] == "switch" and intent["run"]["from_release"] == link_before
+    assert len(rehearsal.runs()) == runs_before
+    assert (BASE / "moodledata/climaintenance.html").exists() and os.readlink(BASE / "current") != link_before
+
+    capsys.readouterr()
+    assert main(["--inventory", str(rehearsal.env), "platform", "status"]) == 1
+    assert f"upgrade run {intent['run']['id']} (by pytest" in capsys.readouterr().out
+    assert rehearsal.upgrade() == 1
+    out = capsys.readouterr().out
+    assert f"UPGRADE REFUSED, nothing was changed: run {intent['run']['id']}" in out and "--recover" in out, out[-2000:]
+
+    upgrade_php = f"{BASE}/current/admin/cli/upgrade.php"
+    assert _running(upgrade_php), "the killed play's upgrade.php ended already: the refusal below is not tested"
+    assert rehearsal.upgrade("--recover") == 1
+    out = capsys.readouterr().out
+    assert "UPGRADE RECOVERY REFUSED, nothing was changed: Moodle's upgrade.php" in out, out[-2000:]
+    _until("the orphaned upgrade.php ends", lambda: not _running(upgrade_php), 180)
+
+    assert main(["--inventory", str(rehearsal.env), "platform", "upgrade", "--recover"]) == 0
+    out = capsys.readouterr().out
+    assert "interrupted after the code switch: roll back" in " ".join(out.split()) and INTENT.exists(), out[-2000:]
+    assert rehearsal.upgrade("--recover") == 0
+    out = capsys.readouterr().out
+    assert "ROLLED BACK." in out and "MAINTENANCE IS STILL ON" in out, out[-3000:]
+    assert not INTENT.exists()
+    assert os.readlink(BASE / "current") == link_before
+    assert _installed(rehearsal, "local_bulkenrol") == Decimal(2023010503)
+    assert not _has_column("mdl_course", "moodleopsslow")
+    assert rehearsal.data("read") == before
+    run = rehearsal.runs()[-1]
+    assert len(rehearsal.runs()) == runs_before + 1 and run["run"] == intent["run"]["id"]
+    assert run["outcome"] == "rolled-back" and run["recovered_by"] == "pytest"
+    assert "interrupted after the code switch" in run["error"] and run["rollback"]["database"] == "restored"
+    assert rehearsal.upgrade("--recover") == 0
+    assert "no interrupted upgrade on record" in capsys.readouterr().out
+    assert main(["--inventory", str(rehearsal.env), "platform", "maintenance", "off"]) == 0
+    site = site_of(load_inventory(str(rehearsal.env)))
+    assert login(site.wwwroot, "admin", site.secret("admin_password")).is_logged_in()
+
+
 def test_5_cron_still_busy_gives_the_site_back(rehearsal: Rehearsal, capsys: pytest.CaptureFixture[str]) -> None:
     """With a 1-minute announcement and a message: when maintenance starts users
     see that message; the cron pause then times out on a task still running, and
@@ -361,6 +471,8 @@ def test_6_restore_without_room_keeps_the_live_database_and_says_so(
     out = capsys.readouterr().out
     assert "ROLLBACK INCOMPLETE." in out and "Database: NOT restored" in out, out[-3000:]
     assert "nothing was dropped" in out and "MAINTENANCE IS STILL ON" in out
+    # The platform still needs the rollback: the intent record stays for `--recover` once there is room.
+    assert INTENT.exists() and "moodleops platform upgrade --recover --apply" in " ".join(out.split())
     # The live database is the same one (same oid), and the partial copy is gone.
     assert psql(f"SELECT oid FROM pg_database WHERE datname = '{DB}'").strip() == oid
     assert not psql(f"SELECT datname FROM pg_database WHERE datname LIKE '{DB}\\_restore\\_%'").split()
