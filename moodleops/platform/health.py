@@ -50,10 +50,13 @@ def check_health(inv: Inventory, site: Site) -> Health:
     _check_nodes(inv, site, h)
     # Moodle's CLI here would be another Moodle (or none): never read the wrong
     # site. Elsewhere the first web node's own toolkit asks its Moodle, over SSH.
-    if site.moodle_here and (run := interrupted_upgrade(site.state_dir)):
-        # Said even when Moodle cannot answer (a run killed half-way leaves it so).
-        h.problems.append(interrupted_line(run))
     probe = _local_probe(inv, site, h) if site.moodle_here else _remote_probe(inv, h)
+    # The probe reads the record; here it is read even when Moodle cannot answer
+    # (a run killed half-way leaves it so).
+    interrupted = probe.get("upgrade_interrupted") if probe is not None else \
+        interrupted_upgrade(site.state_dir) if site.moodle_here else None
+    if interrupted:
+        h.problems.append(interrupted_line(interrupted))
     if probe is not None and not _check_moodle(inv, probe, h):
         return h        # not installed: there is no login to try
     if probe is None and site.moodle_here:
@@ -144,8 +147,6 @@ def _check_moodle(inv: Inventory, probe: dict[str, Any], h: Health) -> bool:
                                                      if override is True else ""))
     if probe.get("needs_upgrade"):
         h.problems.append("Moodle reports a pending upgrade")
-    if probe.get("upgrade_interrupted") and (line := interrupted_line(probe["upgrade_interrupted"])) not in h.problems:
-        h.problems.append(line)
 
     installed = probe.get("plugins", {})
     settings_set: dict[str, bool] = probe.get("settings_set", {})
